@@ -1,0 +1,234 @@
+"""Import lorem-jax parameters into :py:class:`~lorem_mta.modules.LoremBackbone`.
+
+lorem-jax stores a flax parameter tree; flattened, its leaves are named like
+``Update_1/MLP_0/Dense_0/kernel``. flax numbers sub-modules of the same class in the order
+they are created, so the name of every leaf follows from the hyperparameters alone:
+:py:func:`flax_names` replays that order and pairs every flax module with the matching
+``LoremBackbone`` sub-module. The conventions differ only in layout:
+
+* flax ``Dense`` kernels are ``(in, out)``; ``torch.nn.Linear.weight`` is ``(out, in)``;
+* e3x ``Dense`` stores one ``(in, out)`` kernel per degree under ``{l}+`` / ``{l}-``;
+  :py:class:`~lorem_mta.modules.tensor_product.EquivariantLinear` stacks them;
+* e3x ``Tensor`` kernels ``(1, L1+1, 1, L2+1, 1, L3+1, F)`` lose their parity axes;
+* the Clebsch-Gordan coefficients are built to be identical to e3x's once the ``m``
+  order is converted, and weights never carry an ``m`` index, so no weight needs a
+  permutation or a sign change.
+"""
+
+import json
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .modules import LoremBackbone
+
+#: lorem-jax ``Lorem`` hyperparameters with their defaults
+JAX_DEFAULTS = {
+    "cutoff": 5.0,
+    "max_degree": 6,
+    "max_degree_lr": 2,
+    "num_features": 128,
+    "num_radial": 32,
+    "num_species": 8,
+    "num_spherical_features": 8,
+    "cutoff_fn": "cosine_cutoff",
+    "radial_basis": "basic_bernstein",
+    "lr": True,
+    "num_message_passing": 0,
+    "equivariant_message_passing": True,
+    "initialize_node_features": True,
+}
+
+BACKBONE_HYPERS = [k for k in JAX_DEFAULTS if k not in ("cutoff_fn", "radial_basis")]
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.counts: Dict[str, int] = {}
+
+    def __call__(self, kind: str) -> str:
+        n = self.counts.get(kind, 0)
+        self.counts[kind] = n + 1
+        return f"{kind}_{n}"
+
+
+def flax_names(hypers: Dict) -> List[Tuple[str, str, str]]:
+    """Pair every flax module of ``lorem.Lorem`` with a ``LoremBackbone`` sub-module.
+
+    :param hypers: lorem-jax hyperparameters (missing keys take the defaults)
+    :return: list of ``(flax path, torch path, kind)`` where kind is one of
+        ``embed``, ``linear``, ``mlp``, ``update``, ``e3x_dense``, ``tensor``,
+        ``tensor_dense``, ``message_pass``
+    """
+    h = {**JAX_DEFAULTS, **hypers}
+    name = _Counter()
+    pairs = [("Initial_0/ChemicalEmbedding_0/Embed_0", "embedding.embedding", "embed")]
+    pairs.append((name("RadialCoefficients") + "/MLP_0", "initial.radial_coefficients.mlp", "mlp"))
+    if h["initialize_node_features"]:
+        pairs.append((name("Dense"), "initial.node_embedding", "linear"))
+    pairs += [
+        (name("Dense"), "initial.message", "linear"),
+        (name("Update"), "initial.message_update", "update"),
+        (name("Dense"), "initial.spherical_coefficients.dense", "linear"),
+        (name("TensorDense"), "initial.tensor_dense", "tensor_dense"),
+        (name("Update"), "initial.norm_update", "update"),
+        (name("MLP"), "initial.readout", "mlp"),
+    ]
+    for k in range(h["num_message_passing"]):
+        step = f"steps.{k}"
+        pairs += [
+            (name("RadialCoefficients") + "/MLP_0", f"{step}.radial_coefficients.mlp", "mlp"),
+            (name("Dense"), f"{step}.message", "linear"),
+            (name("Update"), f"{step}.message_update", "update"),
+        ]
+        if h["equivariant_message_passing"]:
+            eq = f"{step}.equivariant"
+            pairs += [
+                (name("Dense"), f"{eq}.spherical_coefficients.dense", "linear"),
+                (name("MessagePass"), f"{eq}.message_pass", "message_pass"),
+                (name("Tensor"), f"{eq}.tensor", "tensor"),
+                (name("Dense"), f"{eq}.node_dense", "e3x_dense"),
+                (name("Dense"), f"{eq}.message_dense", "e3x_dense"),
+                (name("Update"), f"{eq}.norm_update", "update"),
+            ]
+        pairs.append((name("MLP"), f"{step}.readout", "mlp"))
+    if h["lr"]:
+        pairs += [
+            (name("MLP"), "long_range.scalar_charge", "mlp"),
+            (name("TensorDense"), "long_range.spherical_charges", "tensor_dense"),
+            (name("Dense"), "long_range.potential_dense", "e3x_dense"),
+            (name("Tensor"), "long_range.potential_tensor", "tensor"),
+            (name("Update"), "long_range.update", "update"),
+            (name("MLP"), "long_range_readout", "mlp"),
+        ]
+    return pairs
+
+
+def _e3x_dense(params: Dict[str, np.ndarray], prefix: str) -> np.ndarray:
+    kernels = []
+    l = 0
+    while f"{prefix}/{l}{'+' if l % 2 == 0 else '-'}/kernel" in params:
+        kernels.append(params[f"{prefix}/{l}{'+' if l % 2 == 0 else '-'}/kernel"])
+        l += 1
+    if not kernels:
+        raise KeyError(f"no e3x Dense kernels under '{prefix}'")
+    return np.stack(kernels)
+
+
+def _tensor_kernel(kernel: np.ndarray) -> np.ndarray:
+    return kernel[0, :, 0, :, 0, :, :]
+
+
+def _mlp(params: Dict[str, np.ndarray], prefix: str, target: str) -> Dict[str, np.ndarray]:
+    out = {}
+    k = 0
+    while f"{prefix}/Dense_{k}/kernel" in params:
+        out[f"{target}.layers.{k}.weight"] = params[f"{prefix}/Dense_{k}/kernel"].T
+        out[f"{target}.layers.{k}.bias"] = params[f"{prefix}/Dense_{k}/bias"]
+        k += 1
+    return out
+
+
+def jax_to_state_dict(params: Dict[str, np.ndarray], hypers: Dict) -> Dict[str, torch.Tensor]:
+    """Translate a flattened lorem-jax parameter tree into a backbone state dict.
+
+    :param params: leaves keyed by flax path without the ``param/`` prefix, e.g.
+        ``"Dense_0/kernel"``
+    :param hypers: lorem-jax hyperparameters
+    :return: state dict for :py:class:`~lorem_mta.modules.LoremBackbone` (float64)
+    :raises KeyError: if a leaf is missing or some leaves are not used
+    """
+    state: Dict[str, np.ndarray] = {}
+    for flax, torch_name, kind in flax_names(hypers):
+        if kind == "embed":
+            state[f"{torch_name}.weight"] = params[f"{flax}/embedding"]
+        elif kind == "linear":
+            state[f"{torch_name}.weight"] = params[f"{flax}/kernel"].T
+            if f"{flax}/bias" in params:
+                state[f"{torch_name}.bias"] = params[f"{flax}/bias"]
+        elif kind == "mlp":
+            state.update(_mlp(params, flax, torch_name))
+        elif kind == "update":
+            for k in range(2):
+                state.update(_mlp(params, f"{flax}/MLP_{k}", f"{torch_name}.mlp_{k}"))
+                state[f"{torch_name}.norm_{k}.weight"] = params[f"{flax}/LayerNorm_{k}/scale"]
+                state[f"{torch_name}.norm_{k}.bias"] = params[f"{flax}/LayerNorm_{k}/bias"]
+        elif kind == "e3x_dense":
+            state[f"{torch_name}.weight"] = _e3x_dense(params, flax)
+        elif kind == "tensor":
+            state[f"{torch_name}.weight"] = _tensor_kernel(params[f"{flax}/kernel"])
+        elif kind == "tensor_dense":
+            state[f"{torch_name}.dense.weight"] = _e3x_dense(params, f"{flax}/dense")
+            state[f"{torch_name}.tensor.weight"] = _tensor_kernel(
+                params[f"{flax}/tensor/kernel"]
+            )
+        elif kind == "message_pass":
+            state[f"{torch_name}.filter.weight"] = _e3x_dense(params, f"{flax}/filter")
+            state[f"{torch_name}.tensor.weight"] = _tensor_kernel(
+                params[f"{flax}/tensor/kernel"]
+            )
+    n_used = sum(v.size for v in state.values())
+    n_given = sum(v.size for v in params.values())
+    if n_used != n_given:
+        raise KeyError(
+            f"the parameter tree has {n_given} numbers but only {n_used} map onto the "
+            "model: the hyperparameters do not match the parameters"
+        )
+    return {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)) for k, v in state.items()}
+
+
+def read_jax_npz(path: str) -> Tuple[Dict[str, np.ndarray], Dict]:
+    """Read a flattened lorem-jax parameter file (``param/<flax path>`` + ``hypers_json``).
+
+    :param path: ``.npz`` file
+    :return: parameters (keys without ``param/``) and hyperparameters
+    :raises ValueError: if the file is not a lorem-jax parameter file
+    """
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise ValueError(f"could not read '{path}' as a .npz parameter file: {e}") from e
+    with data:
+        if "hypers_json" not in data.files:
+            raise ValueError(f"'{path}' has no 'hypers_json' entry: not a lorem-jax export")
+        hypers = json.loads(str(data["hypers_json"]))
+        params = {k[len("param/") :]: data[k] for k in data.files if k.startswith("param/")}
+    if not params:
+        raise ValueError(f"'{path}' has no 'param/...' entries: not a lorem-jax export")
+    return params, hypers
+
+
+def backbone_hypers(hypers: Dict) -> Dict:
+    """Backbone arguments from lorem-jax hyperparameters (rejecting unsupported ones).
+
+    :param hypers: lorem-jax hyperparameters
+    :return: keyword arguments for :py:class:`~lorem_mta.modules.LoremBackbone`
+    :raises ValueError: for cutoff functions or radial bases other than LOREM's
+    """
+    h = {**JAX_DEFAULTS, **hypers}
+    if h["cutoff_fn"] != "cosine_cutoff" or h["radial_basis"] != "basic_bernstein":
+        raise ValueError(
+            f"only cutoff_fn='cosine_cutoff' and radial_basis='basic_bernstein' are "
+            f"supported, got {h['cutoff_fn']!r} and {h['radial_basis']!r}"
+        )
+    return {k: h[k] for k in BACKBONE_HYPERS}
+
+
+def backbone_from_jax(
+    params: Dict[str, np.ndarray], hypers: Dict, dtype: Optional[torch.dtype] = None
+) -> LoremBackbone:
+    """Build a backbone carrying lorem-jax parameters.
+
+    :param params: flattened parameter tree (see :py:func:`jax_to_state_dict`)
+    :param hypers: lorem-jax hyperparameters
+    :param dtype: dtype of the result (float64 by default)
+    :return: the backbone, in eval mode
+    """
+    model = LoremBackbone(**backbone_hypers(hypers)).to(torch.float64)
+    state = jax_to_state_dict(params, hypers)
+    missing = {k for k, _ in model.named_parameters()} - set(state)
+    if missing:
+        raise KeyError(f"parameters missing from the lorem-jax tree: {sorted(missing)}")
+    model.load_state_dict(state, strict=False)
+    return model.to(dtype or torch.float64).eval()

@@ -1,0 +1,164 @@
+r"""``LoremBackbone``: the whole LOREM network on plain tensors.
+
+Reads like the paper's data flow (arXiv:2507.19382, Fig. 1 and Sec. 5):
+
+1. species embedding, radial basis :math:`\rho_{ij}` and harmonics :math:`Y(\hat r_{ij})`;
+2. the initial short-range step (spherical density and self tensor product), energy
+   readout :math:`E^{(0)}_i`;
+3. ``num_message_passing`` optional message-passing steps, readouts :math:`E^{(t)}_i`;
+4. the long-range block (charges, Ewald/direct potentials, mixing), readout
+   :math:`E^{LR}_i`.
+
+:math:`E_i = E^{(0)}_i + \sum_t E^{(t)}_i + E^{LR}_i`. The backbone never sees metatomic
+objects: the adapter in :py:mod:`lorem_mta.model` flattens systems into the tensors below,
+with atoms and pairs of each structure contiguous.
+"""
+
+from typing import List, NamedTuple, Optional
+
+import torch
+
+from .layers import MLP
+from .long_range import LongRange
+from .message_passing import InitialStep, MessagePassingStep
+from .radial import BernsteinBasis, ChemicalEmbedding, cosine_cutoff
+from .spherical import SphericalHarmonics
+
+
+class BackboneOutput(NamedTuple):
+    """What the backbone returns.
+
+    ``energies``: atomic energies ``(n_atoms,)``; ``features``: final scalar features
+    ``(n_atoms, d)``; ``charges`` and ``potentials``: long-range channels
+    ``(n_atoms, 1 + (L_lr + 1)^2)`` (empty with ``lr=False``).
+    """
+
+    energies: torch.Tensor
+    features: torch.Tensor
+    charges: torch.Tensor
+    potentials: torch.Tensor
+
+
+class LoremBackbone(torch.nn.Module):
+    """The LOREM network. Arguments have lorem-jax's names and defaults.
+
+    :param cutoff: short-range cutoff radius (Angstrom)
+    :param max_degree: largest degree ``L`` of the spherical features
+    :param max_degree_lr: largest degree of the equivariant charges
+    :param num_features: scalar feature size ``d``
+    :param num_radial: number of Bernstein basis functions
+    :param num_species: width of the species embedding
+    :param num_spherical_features: spherical channels ``s``
+    :param lr: whether to include the long-range block
+    :param num_message_passing: extra short-range steps after the first
+    :param equivariant_message_passing: pass equivariant messages in those steps
+    :param initialize_node_features: start scalar features from the species embedding
+    :param long_range_method: ``"ewald"`` or ``"pme"`` for periodic structures
+    """
+
+    def __init__(
+        self,
+        cutoff: float = 5.0,
+        max_degree: int = 6,
+        max_degree_lr: int = 2,
+        num_features: int = 128,
+        num_radial: int = 32,
+        num_species: int = 8,
+        num_spherical_features: int = 8,
+        lr: bool = True,
+        num_message_passing: int = 0,
+        equivariant_message_passing: bool = True,
+        initialize_node_features: bool = True,
+        long_range_method: str = "ewald",
+    ):
+        super().__init__()
+        d, s, L = num_features, num_spherical_features, max_degree
+        self.cutoff = cutoff
+        self.num_features = d
+        self.num_charge_channels = 1 + (max_degree_lr + 1) ** 2 if lr else 0
+        self.embedding = ChemicalEmbedding(num_species)
+        self.radial_basis = BernsteinBasis(num_radial, cutoff)
+        self.spherical_harmonics = SphericalHarmonics(L)
+        self.initial = InitialStep(
+            L, d, s, num_radial, num_species, initialize_node_features
+        )
+        self.steps = torch.nn.ModuleList(
+            [
+                MessagePassingStep(L, d, s, num_radial, equivariant_message_passing)
+                for _ in range(num_message_passing)
+            ]
+        )
+        self.long_range = None
+        self.long_range_readout = None
+        if lr:
+            self.long_range = LongRange(cutoff, L, max_degree_lr, d, s, long_range_method)
+            self.long_range_readout = MLP(d, [d, d, 1])
+
+    def forward(
+        self,
+        atomic_numbers: torch.Tensor,
+        positions: torch.Tensor,
+        centers: torch.Tensor,
+        neighbors: torch.Tensor,
+        edge_vectors: torch.Tensor,
+        cells: torch.Tensor,
+        atom_ptr: List[int],
+        pair_ptr: List[int],
+        periodic: List[bool],
+        lr_atoms: Optional[torch.Tensor] = None,
+    ) -> BackboneOutput:
+        """Atomic energies of a batch of structures.
+
+        :param atomic_numbers: tensor of shape ``(n_atoms,)``, values below 100
+        :param positions: tensor of shape ``(n_atoms, 3)``
+        :param centers: index ``i`` of every pair (full list), shape ``(n_pairs,)``
+        :param neighbors: index ``j`` of every pair, shape ``(n_pairs,)``
+        :param edge_vectors: ``r_j - r_i + S h``, tensor of shape ``(n_pairs, 3)``;
+            no zero vectors
+        :param cells: tensor of shape ``(n_structures, 3, 3)``, rows are lattice vectors
+        :param atom_ptr: first atom of every structure, plus the total
+        :param pair_ptr: first pair of every structure, plus the total
+        :param periodic: for every structure, periodic in 3D (True) or a molecule
+        :param lr_atoms: optional mask of atoms taking part in the long-range sum
+        :return: :py:class:`BackboneOutput`
+        """
+        # -- initial embeddings --
+        species, species_index = torch.unique(atomic_numbers, return_inverse=True)
+        species_embedding = self.embedding(species)
+        distances = torch.linalg.norm(edge_vectors, dim=-1)
+        radial = self.radial_basis(distances) * cosine_cutoff(
+            distances, self.cutoff
+        ).unsqueeze(-1)
+        harmonics = self.spherical_harmonics(edge_vectors)
+
+        # -- short range --
+        nodes_scalar, nodes_spherical, energies = self.initial(
+            species_embedding, species_index, centers, neighbors, radial, harmonics
+        )
+        for step in self.steps:
+            nodes_scalar, nodes_spherical, step_energies = step(
+                nodes_scalar, nodes_spherical, centers, neighbors, radial, harmonics
+            )
+            energies = energies + step_energies
+
+        # -- long range --
+        charges = torch.zeros((positions.shape[0], 0), dtype=positions.dtype)
+        potentials = charges
+        if self.long_range is not None and self.long_range_readout is not None:
+            charges = self.long_range.charges(nodes_scalar, nodes_spherical)
+            potentials = self.long_range.potentials(
+                charges,
+                positions,
+                centers,
+                neighbors,
+                distances,
+                atom_ptr,
+                pair_ptr,
+                cells,
+                periodic,
+                lr_atoms,
+            )
+            nodes_scalar = self.long_range.mix(nodes_scalar, nodes_spherical, potentials)
+            energies = energies + self.long_range_readout(nodes_scalar)[:, 0]
+
+        return BackboneOutput(energies, nodes_scalar, charges, potentials)

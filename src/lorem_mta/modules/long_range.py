@@ -1,0 +1,267 @@
+r"""The LOREM long-range block (LOREM paper Sec. 4-5, Eq. 4; architecture reference Sec. 3.8).
+
+**Charges.** Every atom gets ``1 + (L_lr + 1)^2`` latent charge channels: a scalar charge
+from an MLP on the scalar features and equivariant charges up to degree ``L_lr`` from a
+self tensor product of the spherical features,
+
+.. math::
+
+    q_i = \mathrm{MLP}(x_i), \qquad Q_i = \mathrm{TensorDense}(S_i)
+    \in \mathbb{R}^{(L_{lr}+1)^2}.
+
+**Potentials.** Every channel :math:`\alpha` goes through the same Coulomb operator
+(prefactor 1):
+
+.. math::
+
+    V_i^\alpha = \frac12 \sum_j \sum_{\mathbf n}{}' \frac{Q_j^\alpha}
+        {|\mathbf r_i - \mathbf r_j - \mathbf n \mathbf h|}.
+
+For periodic cells this is an Ewald sum with Gaussian smearing :math:`\sigma = r_c / 4`,
+reciprocal resolution :math:`\lambda = r_c / 8`, real space over the model's own neighbour
+list and no exclusion radius; a neutralising background handles the non-zero net charge.
+For molecules it is the bare all-pairs sum. Each ``(l, m)`` component interacts like an
+independent monopole, so :math:`V^l` rotates like :math:`Q^l`. torch-pme evaluates all
+channels in a single call.
+
+**Mixing back.** :math:`\tilde\Phi_i = W^l \Phi_i` (per-degree linear ``1 -> s``),
+:math:`U_i = \tilde\Phi_i \otimes S_i` (tensor product up to ``L``), then
+:math:`x_i \leftarrow \mathrm{Update}(x_i, [\phi_i; (2l+1)^{1/4} \lVert U_i^l \rVert])`.
+
+**Reciprocal space.** In ``"ewald"`` mode the k-vectors are exactly the reference set:
+:math:`n_a = \lceil |\mathbf h_a| / \lambda \rceil` integer frequencies per lattice
+vector (``fftfreq`` order), the half space :math:`m_1 > 0 \lor (m_1 = 0 \land m_2 > 0)
+\lor (m_1 = m_2 = 0 \land m_3 > 0)` and its mirror image, built from the cell inside the
+graph so that stresses are right. ``"pme"`` uses torch-pme's particle-mesh Ewald for
+large cells.
+"""
+
+from typing import List, Optional
+
+import torch
+import torchpme
+
+from .layers import MLP, Update
+from .spherical import degree_index, l_factors, norm_features
+from .tensor_product import EquivariantLinear, TensorDense, TensorProduct
+
+
+def ewald_kvectors(cell: torch.Tensor, lr_wavelength: float) -> torch.Tensor:
+    """Reciprocal vectors of the reference Ewald sum (half space and its mirror image).
+
+    :param cell: tensor of shape ``(3, 3)``, rows are lattice vectors
+    :param lr_wavelength: shortest wavelength kept, ``lambda``
+    :return: tensor of shape ``(n_k, 3)``; ``k = 0`` is excluded
+    """
+    ns: List[int] = torch.ceil(
+        torch.linalg.norm(cell.detach().to(torch.float64), dim=1) / lr_wavelength
+    ).tolist()
+    axes: List[torch.Tensor] = []
+    for n in ns:
+        n = int(n)
+        axes.append(torch.fft.fftfreq(n, 1.0 / n, device=cell.device).round().long())
+    m1, m2, m3 = torch.meshgrid(axes[0], axes[1], axes[2], indexing="ij")
+    m1, m2, m3 = m1.reshape(-1), m2.reshape(-1), m3.reshape(-1)
+    half = (m1 > 0) | ((m1 == 0) & (m2 > 0)) | ((m1 == 0) & (m2 == 0) & (m3 > 0))
+    integers = torch.stack([m1[half], m2[half], m3[half]], dim=1).to(cell.dtype)
+    reciprocal = 2 * torch.pi * torch.linalg.inv(cell).T
+    kvectors = integers @ reciprocal
+    return torch.cat([kvectors, -kvectors], dim=0)
+
+
+class CoulombPotentials(torch.nn.Module):
+    """Multi-channel Coulomb potentials ``V = 1/2 sum q v`` for one structure at a time.
+
+    :param cutoff: short-range cutoff ``r_c``; smearing is ``r_c / 4`` and the reciprocal
+        resolution ``r_c / 8``
+    :param method: ``"ewald"`` (reference k-set) or ``"pme"`` for periodic structures
+    :param mesh_spacing: PME mesh spacing; ``None`` uses ``r_c / 8``
+    :param interpolation_nodes: PME interpolation order
+    """
+
+    def __init__(
+        self,
+        cutoff: float,
+        method: str = "ewald",
+        mesh_spacing: Optional[float] = None,
+        interpolation_nodes: int = 4,
+    ):
+        super().__init__()
+        if method not in ("ewald", "pme"):
+            raise ValueError(f"unknown long-range method '{method}', use ewald or pme")
+        self.method = method
+        self.smearing = cutoff / 4.0
+        self.lr_wavelength = cutoff / 8.0
+        smeared = torchpme.CoulombPotential(smearing=self.smearing)
+        self.ewald = torchpme.EwaldCalculator(
+            smeared, lr_wavelength=self.lr_wavelength, full_neighbor_list=True
+        )
+        spacing = self.lr_wavelength if mesh_spacing is None else mesh_spacing
+        self.pme = torchpme.PMECalculator(
+            torchpme.CoulombPotential(smearing=self.smearing),
+            mesh_spacing=spacing,
+            interpolation_nodes=interpolation_nodes,
+            full_neighbor_list=True,
+        )
+        self.direct = torchpme.Calculator(
+            torchpme.CoulombPotential(smearing=None), full_neighbor_list=False
+        )
+
+    def forward(
+        self,
+        charges: torch.Tensor,
+        positions: torch.Tensor,
+        cell: torch.Tensor,
+        periodic: bool,
+        pairs: torch.Tensor,
+        distances: torch.Tensor,
+    ) -> torch.Tensor:
+        """Potentials of one structure.
+
+        :param charges: tensor of shape ``(n_atoms, n_channels)``
+        :param positions: tensor of shape ``(n_atoms, 3)``
+        :param cell: tensor of shape ``(3, 3)`` (ignored for molecules)
+        :param periodic: whether the structure is periodic in all three directions
+        :param pairs: full neighbour list (periodic only), shape ``(n_pairs, 2)``
+        :param distances: pair distances (periodic only), shape ``(n_pairs,)``
+        :return: tensor of shape ``(n_atoms, n_channels)``
+        """
+        if not periodic:
+            n_atoms = positions.shape[0]
+            all_pairs = torch.triu_indices(n_atoms, n_atoms, 1, device=positions.device)
+            vectors = positions[all_pairs[1]] - positions[all_pairs[0]]
+            return self.direct(
+                charges=charges,
+                cell=torch.zeros_like(cell),
+                positions=positions,
+                neighbor_indices=all_pairs.T,
+                neighbor_distances=torch.linalg.norm(vectors, dim=1),
+            )
+        if self.method == "pme":
+            return self.pme(
+                charges=charges,
+                cell=cell,
+                positions=positions,
+                neighbor_indices=pairs,
+                neighbor_distances=distances,
+            )
+        return self.ewald(
+            charges=charges,
+            cell=cell,
+            positions=positions,
+            neighbor_indices=pairs,
+            neighbor_distances=distances,
+            kvectors=ewald_kvectors(cell, self.lr_wavelength),
+        )
+
+
+class LongRange(torch.nn.Module):
+    """Charges, potentials and mixing of the potentials back into the node features.
+
+    :param cutoff: short-range cutoff (sets the Ewald parameters)
+    :param max_degree: largest degree ``L`` of the spherical features
+    :param max_degree_lr: largest degree ``L_lr`` of the equivariant charges
+    :param num_features: scalar feature size ``d``
+    :param num_spherical_features: spherical channels ``s``
+    :param method: ``"ewald"`` or ``"pme"`` for periodic structures
+    """
+
+    def __init__(
+        self,
+        cutoff: float,
+        max_degree: int,
+        max_degree_lr: int,
+        num_features: int,
+        num_spherical_features: int,
+        method: str = "ewald",
+    ):
+        super().__init__()
+        d, s = num_features, num_spherical_features
+        self.max_degree = max_degree
+        self.max_degree_lr = max_degree_lr
+        self.scalar_charge = MLP(d, [2 * d, 1])
+        self.spherical_charges = TensorDense(max_degree, s, 1, max_degree_lr)
+        self.coulomb = CoulombPotentials(cutoff, method)
+        self.potential_dense = EquivariantLinear(max_degree_lr, 1, s)
+        self.potential_tensor = TensorProduct(max_degree_lr, max_degree, max_degree, s)
+        self.update = Update(1 + (max_degree + 1) * s, d)
+        self.register_buffer("degrees", degree_index(max_degree), persistent=False)
+        self.register_buffer("l_factors", l_factors(max_degree), persistent=False)
+
+    def charges(self, nodes_scalar: torch.Tensor, nodes_spherical: torch.Tensor):
+        """The ``1 + (L_lr + 1)^2`` charge channels: ``[q, Q^00, Q^1m, Q^2m, ...]``.
+
+        :param nodes_scalar: tensor of shape ``(n_atoms, d)``
+        :param nodes_spherical: tensor of shape ``(n_atoms, (L + 1)^2, s)``
+        :return: tensor of shape ``(n_atoms, 1 + (L_lr + 1)^2)``
+        """
+        spherical = self.spherical_charges(nodes_spherical)[..., 0]
+        return torch.cat([self.scalar_charge(nodes_scalar), spherical], dim=-1)
+
+    def potentials(
+        self,
+        charges: torch.Tensor,
+        positions: torch.Tensor,
+        centers: torch.Tensor,
+        neighbors: torch.Tensor,
+        distances: torch.Tensor,
+        atom_ptr: List[int],
+        pair_ptr: List[int],
+        cells: torch.Tensor,
+        periodic: List[bool],
+        lr_atoms: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Potentials for every charge channel, structure by structure.
+
+        :param charges: tensor of shape ``(n_atoms, n_channels)``
+        :param positions: tensor of shape ``(n_atoms, 3)``
+        :param centers: pair centres (global indices), shape ``(n_pairs,)``
+        :param neighbors: pair neighbours (global indices), shape ``(n_pairs,)``
+        :param distances: pair distances, shape ``(n_pairs,)``
+        :param atom_ptr: first atom of every structure, plus the total, length
+            ``n_structures + 1``
+        :param pair_ptr: first pair of every structure, plus the total
+        :param cells: tensor of shape ``(n_structures, 3, 3)``
+        :param periodic: periodicity of every structure
+        :param lr_atoms: optional boolean mask of shape ``(n_atoms,)``; only these atoms
+            carry charges and receive potentials (the others, e.g. LAMMPS ghosts, get 0)
+        :return: tensor of shape ``(n_atoms, n_channels)``
+        """
+        potentials = torch.zeros_like(charges)
+        for k in range(len(atom_ptr) - 1):
+            a0, a1, p0, p1 = atom_ptr[k], atom_ptr[k + 1], pair_ptr[k], pair_ptr[k + 1]
+            pairs = torch.stack([centers[p0:p1], neighbors[p0:p1]], dim=1) - a0
+            pair_distances = distances[p0:p1]
+            atoms = torch.arange(a0, a1, device=charges.device)
+            if lr_atoms is not None:
+                keep = lr_atoms[a0:a1]
+                new_index = torch.cumsum(keep.to(torch.long), 0) - 1
+                keep_pairs = keep[pairs[:, 0]] & keep[pairs[:, 1]]
+                pairs = new_index[pairs[keep_pairs]]
+                pair_distances = pair_distances[keep_pairs]
+                atoms = atoms[keep]
+            if atoms.shape[0] == 0:
+                continue
+            result = self.coulomb(
+                charges[atoms], positions[atoms], cells[k], periodic[k], pairs, pair_distances
+            )
+            potentials = potentials.index_copy(0, atoms, result)
+        return potentials
+
+    def mix(
+        self,
+        nodes_scalar: torch.Tensor,
+        nodes_spherical: torch.Tensor,
+        potentials: torch.Tensor,
+    ) -> torch.Tensor:
+        """Mix the potentials back into the scalar node features.
+
+        :param nodes_scalar: tensor of shape ``(n_atoms, d)``
+        :param nodes_spherical: tensor of shape ``(n_atoms, (L + 1)^2, s)``
+        :param potentials: tensor of shape ``(n_atoms, 1 + (L_lr + 1)^2)``
+        :return: updated scalar features, tensor of shape ``(n_atoms, d)``
+        """
+        spherical = self.potential_dense(potentials[:, 1:].unsqueeze(-1))
+        updates = self.potential_tensor(spherical, nodes_spherical)
+        norms = norm_features(updates, self.degrees, self.l_factors, self.max_degree)
+        return self.update(nodes_scalar, torch.cat([potentials[:, :1], norms], dim=-1))

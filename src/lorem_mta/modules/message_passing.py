@@ -1,0 +1,245 @@
+r"""The short-range stages: the initial spherical density and optional message passing.
+
+**Initial step** (LOREM Sec. 3.3-3.5; "1xSR" in the paper). With :math:`k_{ij}` from
+:py:class:`~lorem_mta.modules.radial.RadialCoefficients` on the species embeddings,
+
+.. math::
+
+    x_i &\leftarrow \mathrm{Update}\Big(W_0 e_i,\ \sum_j W_1 k_{ij}\Big) \\
+    A_i^{lm,c} &= \sum_j (W_2 k_{ij})^{l,c}\, Y^{lm}(\hat r_{ij}) \\
+    S_i &= \mathrm{TensorDense}(A_i) \\
+    x_i &\leftarrow \mathrm{Update}\big(x_i,\ (2l+1)^{1/4} \lVert S_i^{l} \rVert\big)
+
+**Message-passing step** ``t >= 1`` (``num_message_passing`` of them): new radial
+coefficients from :math:`[x_i; x_j]`, a scalar message and update, and optionally
+(``equivariant_message_passing``) an equivariant message
+
+.. math::
+
+    M_i = \sum_j \big(\mathrm{filter}(a_{ij}) \otimes S_j\big), \qquad
+    S_i \leftarrow (W_S S_i) \otimes (W_M M_i)
+
+followed by another norm update. Every stage ends with a residual energy readout
+:math:`E_i \mathrel{+}= \mathrm{MLP}_{[d, d, 1]}(x_i)`.
+"""
+
+from typing import Optional, Tuple
+
+import torch
+
+from .layers import MLP, Linear, Update
+from .radial import RadialCoefficients
+from .spherical import degree_index, l_factors, norm_features
+from .tensor_product import EquivariantLinear, MessagePass, TensorDense, TensorProduct
+
+
+def _sum_over_neighbors(
+    edges: torch.Tensor, centers: torch.Tensor, n_atoms: int
+) -> torch.Tensor:
+    shape = list(edges.shape)
+    shape[0] = n_atoms
+    out = torch.zeros(shape, dtype=edges.dtype, device=edges.device)
+    return out.index_add(0, centers, edges)
+
+
+class _SphericalCoefficients(torch.nn.Module):
+    """``a_ij^{lm,c} = (W k_ij)^{l,c} Y^{lm}_ij``: edge features of every degree."""
+
+    def __init__(self, max_degree: int, num_features: int, num_spherical: int):
+        super().__init__()
+        self.max_degree = max_degree
+        self.num_spherical = num_spherical
+        self.dense = Linear(num_features, (max_degree + 1) * num_spherical, bias=False)
+        self.register_buffer("degrees", degree_index(max_degree), persistent=False)
+
+    def forward(self, edges_scalar: torch.Tensor, harmonics: torch.Tensor) -> torch.Tensor:
+        coefficients = self.dense(edges_scalar).reshape(
+            -1, self.max_degree + 1, self.num_spherical
+        )
+        return coefficients[:, self.degrees] * harmonics.unsqueeze(-1)  # [P, lm, s]
+
+
+class InitialStep(torch.nn.Module):
+    """Species-based radial coefficients, scalar features and the spherical density.
+
+    :param max_degree: largest degree ``L``
+    :param num_features: scalar feature size ``d``
+    :param num_spherical_features: spherical channels ``s``
+    :param num_radial: radial basis size ``K``
+    :param num_species: species embedding width
+    :param initialize_node_features: start from ``W_0 e_i`` instead of zeros
+    """
+
+    def __init__(
+        self,
+        max_degree: int,
+        num_features: int,
+        num_spherical_features: int,
+        num_radial: int,
+        num_species: int,
+        initialize_node_features: bool,
+    ):
+        super().__init__()
+        d, s, L = num_features, num_spherical_features, max_degree
+        self.num_features = d
+        self.max_degree = L
+        self.radial_coefficients = RadialCoefficients(num_species, num_radial, d)
+        self.node_embedding = None
+        if initialize_node_features:
+            self.node_embedding = Linear(num_species, d, bias=True)
+        self.message = Linear(d, d, bias=False)
+        self.message_update = Update(d, d)
+        self.spherical_coefficients = _SphericalCoefficients(L, d, s)
+        self.tensor_dense = TensorDense(L, s, s, L)
+        self.norm_update = Update((L + 1) * s, d)
+        self.readout = MLP(d, [d, d, 1])
+        self.register_buffer("degrees", degree_index(L), persistent=False)
+        self.register_buffer("l_factors", l_factors(L), persistent=False)
+
+    def forward(
+        self,
+        species_embedding: torch.Tensor,
+        species_index: torch.Tensor,
+        centers: torch.Tensor,
+        neighbors: torch.Tensor,
+        radial: torch.Tensor,
+        harmonics: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run the first short-range stage.
+
+        :param species_embedding: one row per species present, ``(n_species, width)``
+        :param species_index: row of ``species_embedding`` per atom, ``(n_atoms,)``
+        :param centers: pair centres, ``(n_pairs,)``
+        :param neighbors: pair neighbours, ``(n_pairs,)``
+        :param radial: radial basis times cutoff, ``(n_pairs, K)``
+        :param harmonics: spherical harmonics, ``(n_pairs, (L + 1)^2)``
+        :return: scalar features ``(n_atoms, d)``, spherical features
+            ``(n_atoms, (L + 1)^2, s)`` and atomic energies ``(n_atoms,)``
+        """
+        n_atoms = species_index.shape[0]
+        edges_scalar = self.radial_coefficients.forward_by_species(
+            species_embedding, species_index, centers, neighbors, radial
+        )
+        if self.node_embedding is not None:
+            nodes_scalar = self.node_embedding(species_embedding)[species_index]
+        else:
+            nodes_scalar = torch.zeros(
+                (n_atoms, self.num_features), dtype=radial.dtype, device=radial.device
+            )
+        messages = self.message(_sum_over_neighbors(edges_scalar, centers, n_atoms))
+        nodes_scalar = self.message_update(nodes_scalar, messages)
+
+        edges_spherical = self.spherical_coefficients(edges_scalar, harmonics)
+        density = _sum_over_neighbors(edges_spherical, centers, n_atoms)
+        nodes_spherical = self.tensor_dense(density)
+
+        norms = norm_features(nodes_spherical, self.degrees, self.l_factors, self.max_degree)
+        nodes_scalar = self.norm_update(nodes_scalar, norms)
+        return nodes_scalar, nodes_spherical, self.readout(nodes_scalar)[:, 0]
+
+
+class EquivariantMessage(torch.nn.Module):
+    """Equivariant half of a message-passing step: new ``S`` and a norm update.
+
+    :param max_degree: largest degree ``L``
+    :param num_features: scalar feature size ``d``
+    :param num_spherical_features: spherical channels ``s``
+    """
+
+    def __init__(self, max_degree: int, num_features: int, num_spherical_features: int):
+        super().__init__()
+        d, s, L = num_features, num_spherical_features, max_degree
+        self.max_degree = L
+        self.spherical_coefficients = _SphericalCoefficients(L, d, s)
+        self.message_pass = MessagePass(L, s)
+        self.node_dense = EquivariantLinear(L, s, s)
+        self.message_dense = EquivariantLinear(L, s, s)
+        self.tensor = TensorProduct(L, L, L, s)
+        self.norm_update = Update((L + 1) * s, d)
+        self.register_buffer("degrees", degree_index(L), persistent=False)
+        self.register_buffer("l_factors", l_factors(L), persistent=False)
+
+    def forward(
+        self,
+        nodes_scalar: torch.Tensor,
+        nodes_spherical: torch.Tensor,
+        edges_scalar: torch.Tensor,
+        centers: torch.Tensor,
+        neighbors: torch.Tensor,
+        harmonics: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Pass equivariant messages.
+
+        :param nodes_scalar: ``(n_atoms, d)``
+        :param nodes_spherical: ``(n_atoms, (L + 1)^2, s)``
+        :param edges_scalar: radial coefficients of this step, ``(n_pairs, d)``
+        :param centers: pair centres, ``(n_pairs,)``
+        :param neighbors: pair neighbours, ``(n_pairs,)``
+        :param harmonics: spherical harmonics, ``(n_pairs, (L + 1)^2)``
+        :return: updated scalar and spherical features
+        """
+        edges_spherical = self.spherical_coefficients(edges_scalar, harmonics)
+        messages = self.message_pass(nodes_spherical, edges_spherical, centers, neighbors)
+        nodes_spherical = self.tensor(
+            self.node_dense(nodes_spherical), self.message_dense(messages)
+        )
+        norms = norm_features(nodes_spherical, self.degrees, self.l_factors, self.max_degree)
+        return self.norm_update(nodes_scalar, norms), nodes_spherical
+
+
+class MessagePassingStep(torch.nn.Module):
+    """One extra short-range step (scalar, and optionally equivariant, messages).
+
+    :param max_degree: largest degree ``L``
+    :param num_features: scalar feature size ``d``
+    :param num_spherical_features: spherical channels ``s``
+    :param num_radial: radial basis size ``K``
+    :param equivariant: also pass equivariant messages and update ``S``
+    """
+
+    def __init__(
+        self,
+        max_degree: int,
+        num_features: int,
+        num_spherical_features: int,
+        num_radial: int,
+        equivariant: bool,
+    ):
+        super().__init__()
+        d = num_features
+        self.radial_coefficients = RadialCoefficients(d, num_radial, d)
+        self.message = Linear(d, d, bias=False)
+        self.message_update = Update(d, d)
+        self.equivariant = None
+        if equivariant:
+            self.equivariant = EquivariantMessage(max_degree, d, num_spherical_features)
+        self.readout = MLP(d, [d, d, 1])
+
+    def forward(
+        self,
+        nodes_scalar: torch.Tensor,
+        nodes_spherical: torch.Tensor,
+        centers: torch.Tensor,
+        neighbors: torch.Tensor,
+        radial: torch.Tensor,
+        harmonics: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run the step.
+
+        :param nodes_scalar: ``(n_atoms, d)``
+        :param nodes_spherical: ``(n_atoms, (L + 1)^2, s)``
+        :param centers: pair centres, ``(n_pairs,)``
+        :param neighbors: pair neighbours, ``(n_pairs,)``
+        :param radial: radial basis times cutoff, ``(n_pairs, K)``
+        :param harmonics: spherical harmonics, ``(n_pairs, (L + 1)^2)``
+        :return: updated scalar and spherical features, and atomic energies
+        """
+        n_atoms = nodes_scalar.shape[0]
+        edges_scalar = self.radial_coefficients(nodes_scalar, centers, neighbors, radial)
+        messages = self.message(_sum_over_neighbors(edges_scalar, centers, n_atoms))
+        nodes_scalar = self.message_update(nodes_scalar, messages)
+        if self.equivariant is not None:
+            nodes_scalar, nodes_spherical = self.equivariant(
+                nodes_scalar, nodes_spherical, edges_scalar, centers, neighbors, harmonics
+            )
+        return nodes_scalar, nodes_spherical, self.readout(nodes_scalar)[:, 0]

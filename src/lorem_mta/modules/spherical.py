@@ -1,0 +1,137 @@
+r"""Spherical harmonics, degree-wise helpers and the safe spherical norm (LOREM Sec. 3.1, 3.5).
+
+**Convention.** Everywhere inside ``lorem_mta`` spherical quantities are stored as
+tensors of shape ``(..., (L + 1)^2, n_features)``; within each degree ``l`` the
+components follow sphericart's (and metatensor's ``o3_mu``) order ``m = -l .. l``, i.e.
+``(y, z, x)`` for ``l = 1``. The harmonics carry Racah (Schmidt semi-) normalisation
+
+.. math::
+
+    Y_0^0 = 1, \qquad \sum_m \big(Y_l^m(\hat r)\big)^2 = 1,
+
+so that :math:`Y_1 = (y, z, x)/r`. They are sphericart's orthonormal harmonics times
+:math:`\sqrt{4\pi / (2l+1)}`. The JAX reference (e3x) uses the same real basis and
+normalisation in a different order ("Cartesian": ``m = +l, -l, +(l-1), ..., 0``);
+:py:func:`e3x_to_sphericart_permutation` converts, and is needed only where a layout is
+hard-coded (weight conversion, tests).
+
+**Norm features.** Spherical features are turned into invariants with
+
+.. math::
+
+    P_i^{l,c} = (2l+1)^{1/4} \, \big\lVert S_i^{l,\cdot,c} \big\rVert_2,
+
+where the empirical factors :math:`(2l+1)^{1/4}` make the variance of the norms more
+uniform across :math:`l`. The norm has a zero gradient at a zero block and finite
+second derivatives elsewhere, which force training needs.
+"""
+
+import math
+from typing import List
+
+import sphericart.torch
+import torch
+
+
+def degree_index(max_degree: int) -> torch.Tensor:
+    """Degree ``l`` of every ``(l, m)`` component.
+
+    :param max_degree: largest degree ``L``
+    :return: integer tensor of shape ``((L + 1)^2,)``
+    """
+    return torch.cat(
+        [torch.full((2 * l + 1,), l, dtype=torch.long) for l in range(max_degree + 1)]
+    )
+
+
+def l_factors(max_degree: int) -> torch.Tensor:
+    """The ``(2l + 1)^(1/4)`` factors applied to the norms.
+
+    :param max_degree: largest degree ``L``
+    :return: tensor of shape ``(L + 1,)`` (float64)
+    """
+    return torch.tensor(
+        [(2 * l + 1) ** 0.25 for l in range(max_degree + 1)], dtype=torch.float64
+    )
+
+
+def e3x_to_sphericart_permutation(max_degree: int) -> List[int]:
+    """Indices that reorder e3x's Cartesian order into sphericart's ``-l..l`` order.
+
+    ``x_sphericart = x_e3x[..., perm, :]``; e.g. for ``L = 1``: ``[0, 2, 3, 1]``.
+
+    :param max_degree: largest degree ``L``
+    :return: list of length ``(L + 1)^2``
+    """
+    perm: List[int] = []
+    for l in range(max_degree + 1):
+        # e3x position of each m in -l..l: position 2k holds m = l - k,
+        # position 2k + 1 holds m = -(l - k), the last one holds m = 0
+        for m in range(-l, l + 1):
+            if m == 0:
+                position = 2 * l
+            elif m > 0:
+                position = 2 * (l - m)
+            else:
+                position = 2 * (l + m) + 1
+            perm.append(l * l + position)
+    return perm
+
+
+class SphericalHarmonics(torch.nn.Module):
+    """Racah-normalised real spherical harmonics in sphericart order.
+
+    :param max_degree: largest degree ``L``
+    """
+
+    def __init__(self, max_degree: int):
+        super().__init__()
+        self.max_degree = max_degree
+        self.calculator = sphericart.torch.SphericalHarmonics(max_degree)
+        scale = [
+            math.sqrt(4 * math.pi / (2 * l + 1))
+            for l in range(max_degree + 1)
+            for _ in range(2 * l + 1)
+        ]
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float64))
+
+    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Evaluate the harmonics of the direction of non-zero ``vectors``.
+
+        :param vectors: tensor of shape ``(n_pairs, 3)``; must not contain zeros
+        :return: tensor of shape ``(n_pairs, (L + 1)^2)``
+        """
+        return self.calculator(vectors) * self.scale.to(vectors.dtype)
+
+
+def spherical_norm(x: torch.Tensor, degrees: torch.Tensor, max_degree: int) -> torch.Tensor:
+    """Per-degree Euclidean norm with a zero gradient at zero and finite second derivative.
+
+    :param x: tensor of shape ``(n_atoms, (L + 1)^2, n_features)``
+    :param degrees: degree of every component (:py:func:`degree_index`), shape
+        ``((L + 1)^2,)``
+    :param max_degree: largest degree ``L`` contained in ``x``
+    :return: tensor of shape ``(n_atoms, L + 1, n_features)``
+    """
+    squared = torch.zeros(
+        (x.shape[0], max_degree + 1, x.shape[2]), dtype=x.dtype, device=x.device
+    ).index_add(1, degrees, x * x)
+    nonzero = squared > 0
+    # the inner `where` keeps sqrt away from 0, so no NaN appears in the backward pass
+    safe = torch.where(nonzero, squared, torch.ones_like(squared))
+    return torch.where(nonzero, torch.sqrt(safe), torch.zeros_like(squared))
+
+
+def norm_features(
+    x: torch.Tensor, degrees: torch.Tensor, factors: torch.Tensor, max_degree: int
+) -> torch.Tensor:
+    """Flattened ``(2l+1)^(1/4) |x^l|`` invariants, degree-major (index ``l * F + c``).
+
+    :param x: tensor of shape ``(n_atoms, (L + 1)^2, n_features)``
+    :param degrees: degree of every component, shape ``((L + 1)^2,)``
+    :param factors: :py:func:`l_factors`, shape ``(L + 1,)``
+    :param max_degree: largest degree ``L`` contained in ``x``
+    :return: tensor of shape ``(n_atoms, (L + 1) * n_features)``
+    """
+    norms = spherical_norm(x, degrees, max_degree) * factors.to(x.dtype).unsqueeze(-1)
+    return norms.reshape(x.shape[0], -1)

@@ -1,0 +1,244 @@
+r"""Clebsch-Gordan coefficients and the equivariant layers built on them (LOREM Sec. 3.4, 4).
+
+Spherical features ``x`` have shape ``(n, (L + 1)^2, F)`` in sphericart order (see
+:py:mod:`lorem_mta.modules.spherical`).
+
+**Equivariant linear layer** (e3x ``Dense`` without bias): one matrix per degree, shared
+over :math:`m`, :math:`y^{lm}_o = \sum_c x^{lm}_c W^{l}_{co}`.
+
+**Tensor product** (e3x ``Tensor``, no pseudotensors): channel-wise coupling with one
+weight vector per path,
+
+.. math::
+
+    z^{l_3 m_3}_f = \sum_{(l_1, l_2)} w^{l_1 l_2 l_3}_f \sum_{m_1 m_2}
+        C^{l_1 l_2 l_3}_{m_1 m_2 m_3}\, x^{l_1 m_1}_f\, y^{l_2 m_2}_f ,
+
+restricted to parity-allowed paths (:math:`l_1 + l_2 + l_3` even; the triangle rule comes
+from :math:`C`). The real coefficients satisfy
+:math:`\sum_{m_1 m_2 m_3} (C^{l_1 l_2 l_3})^2 = 2 l_3 + 1`; they are the complex
+Clebsch-Gordan coefficients from ``wigners`` transformed to the real basis, with the phase
+:math:`(-1)^{(l_1 + l_2 - l_3)/2}` that makes them identical to e3x's (so that
+:math:`C^{110}_{m m'} = +\delta_{m m'}/\sqrt{3}`). The contraction runs over the
+non-zero coefficients only (no dense :math:`(L+1)^6` tensor).
+
+**TensorDense** = equivariant linear ``F_in -> 2 F_out`` then the tensor product of the
+two halves. **MessagePass** = tensor product of a filtered edge feature with the
+neighbour's spherical features, summed over neighbours.
+"""
+
+import math
+from typing import List, Tuple
+
+import numpy as np
+import torch
+import wigners
+
+from .layers import lecun_normal_
+from .spherical import degree_index
+
+
+def _complex_to_real(l: int) -> np.ndarray:
+    """Unitary map from complex to sphericart's real spherical harmonics of degree l."""
+    u = np.zeros((2 * l + 1, 2 * l + 1), dtype=complex)
+    for m in range(-l, l + 1):
+        row = m + l
+        if m > 0:
+            u[row, m + l] = (-1) ** m / math.sqrt(2)
+            u[row, -m + l] = 1 / math.sqrt(2)
+        elif m < 0:
+            u[row, -m + l] = -1j * (-1) ** m / math.sqrt(2)
+            u[row, m + l] = 1j / math.sqrt(2)
+        else:
+            u[row, l] = 1.0
+    return u
+
+
+def clebsch_gordan(l1: int, l2: int, l3: int) -> np.ndarray:
+    """Real Clebsch-Gordan coefficients in sphericart order, e3x normalisation and phase.
+
+    :param l1: degree of the first input
+    :param l2: degree of the second input
+    :param l3: degree of the output
+    :return: array of shape ``(2 l1 + 1, 2 l2 + 1, 2 l3 + 1)``
+    """
+    if not abs(l1 - l2) <= l3 <= l1 + l2:
+        return np.zeros((2 * l1 + 1, 2 * l2 + 1, 2 * l3 + 1))
+    complex_cg = wigners.clebsch_gordan_array(l1, l2, l3)
+    real = np.einsum(
+        "ai,bj,ck,ijk->abc",
+        _complex_to_real(l1),
+        _complex_to_real(l2),
+        _complex_to_real(l3).conj(),
+        complex_cg,
+    )
+    if (l1 + l2 + l3) % 2 == 0:
+        return real.real * (-1) ** ((l1 + l2 - l3) // 2)
+    return real.imag * (-1) ** ((l1 + l2 - l3 + 1) // 2)
+
+
+def allowed_paths(
+    max_degree_1: int, max_degree_2: int, max_degree_out: int
+) -> List[Tuple[int, int, int]]:
+    """Parity-allowed ``(l1, l2, l3)`` paths that satisfy the triangle rule.
+
+    :param max_degree_1: largest degree of the first input
+    :param max_degree_2: largest degree of the second input
+    :param max_degree_out: largest output degree
+    :return: list of paths
+    """
+    return [
+        (l1, l2, l3)
+        for l1 in range(max_degree_1 + 1)
+        for l2 in range(max_degree_2 + 1)
+        for l3 in range(max_degree_out + 1)
+        if abs(l1 - l2) <= l3 <= l1 + l2 and (l1 + l2 + l3) % 2 == 0
+    ]
+
+
+class EquivariantLinear(torch.nn.Module):
+    """One linear map per degree, shared over ``m``, no bias (e3x ``Dense``).
+
+    :param max_degree: largest degree ``L`` of the input (and output)
+    :param in_features: input channels
+    :param out_features: output channels
+    """
+
+    def __init__(self, max_degree: int, in_features: int, out_features: int):
+        super().__init__()
+        self.weight = torch.nn.Parameter(
+            torch.empty(max_degree + 1, in_features, out_features)
+        )
+        lecun_normal_(self.weight, in_features)
+        self.register_buffer("degrees", degree_index(max_degree), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the per-degree maps.
+
+        :param x: tensor of shape ``(n, (L + 1)^2, in_features)``
+        :return: tensor of shape ``(n, (L + 1)^2, out_features)``
+        """
+        return torch.einsum("nmi,mio->nmo", x, self.weight[self.degrees])
+
+
+class TensorProduct(torch.nn.Module):
+    """Channel-wise Clebsch-Gordan product with one weight vector per path (e3x ``Tensor``).
+
+    The weight has shape ``(L1 + 1, L2 + 1, L_out + 1, F)`` like e3x's kernel (parity-
+    forbidden entries exist but are never used).
+
+    :param max_degree_1: largest degree ``L1`` of the first input
+    :param max_degree_2: largest degree ``L2`` of the second input
+    :param max_degree_out: largest output degree ``L_out``
+    :param features: number of channels ``F``
+    """
+
+    def __init__(
+        self, max_degree_1: int, max_degree_2: int, max_degree_out: int, features: int
+    ):
+        super().__init__()
+        self.n_out = (max_degree_out + 1) ** 2
+        shape = (max_degree_1 + 1, max_degree_2 + 1, max_degree_out + 1)
+        self.weight = torch.nn.Parameter(torch.zeros(*shape, features))
+
+        paths = allowed_paths(max_degree_1, max_degree_2, max_degree_out)
+        index_1, index_2, index_out, values, path_index = [], [], [], [], []
+        for l1, l2, l3 in paths:
+            block = clebsch_gordan(l1, l2, l3)
+            for m1, m2, m3 in zip(*np.nonzero(np.abs(block) > 1e-14), strict=True):
+                index_1.append(l1 * l1 + m1)
+                index_2.append(l2 * l2 + m2)
+                index_out.append(l3 * l3 + m3)
+                values.append(block[m1, m2, m3])
+                path_index.append((l1 * shape[1] + l2) * shape[2] + l3)
+
+        as_long = {"dtype": torch.long}
+        self.register_buffer("index_1", torch.tensor(index_1, **as_long))
+        self.register_buffer("index_2", torch.tensor(index_2, **as_long))
+        self.register_buffer("index_out", torch.tensor(index_out, **as_long))
+        self.register_buffer("path_index", torch.tensor(path_index, **as_long))
+        self.register_buffer("cg", torch.tensor(values, dtype=torch.float64))
+        self._init_weights(paths, shape)
+
+    def _init_weights(self, paths: List[Tuple[int, int, int]], shape: Tuple) -> None:
+        # e3x's tensor_lecun_normal: variance 1 / (number of paths into l3)
+        paths_into = [sum(1 for p in paths if p[2] == l3) for l3 in range(shape[2])]
+        with torch.no_grad():
+            for l1, l2, l3 in paths:
+                lecun_normal_(self.weight[l1, l2, l3], paths_into[l3])
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Couple ``x`` and ``y``.
+
+        :param x: tensor of shape ``(n, (L1 + 1)^2, F)``
+        :param y: tensor of shape ``(n, (L2 + 1)^2, F)``
+        :return: tensor of shape ``(n, (L_out + 1)^2, F)``
+        """
+        n_features = self.weight.shape[-1]
+        coupling = self.weight.reshape(-1, n_features)[self.path_index]  # [nnz, F]
+        coupling = coupling * self.cg.to(x.dtype).unsqueeze(-1)
+        products = x[:, self.index_1] * y[:, self.index_2] * coupling  # [n, nnz, F]
+        out = torch.zeros(
+            (x.shape[0], self.n_out, n_features),
+            dtype=x.dtype,
+            device=x.device,
+        )
+        return out.index_add(1, self.index_out, products)
+
+
+class TensorDense(torch.nn.Module):
+    """Equivariant linear ``F_in -> 2 F_out`` followed by the product of both halves.
+
+    :param max_degree: largest input degree
+    :param in_features: input channels
+    :param out_features: output channels
+    :param max_degree_out: largest output degree
+    """
+
+    def __init__(
+        self, max_degree: int, in_features: int, out_features: int, max_degree_out: int
+    ):
+        super().__init__()
+        self.out_features = out_features
+        self.dense = EquivariantLinear(max_degree, in_features, 2 * out_features)
+        self.tensor = TensorProduct(max_degree, max_degree, max_degree_out, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Self tensor product of ``x``.
+
+        :param x: tensor of shape ``(n, (L + 1)^2, in_features)``
+        :return: tensor of shape ``(n, (L_out + 1)^2, out_features)``
+        """
+        h = self.dense(x)
+        return self.tensor(h[..., : self.out_features], h[..., self.out_features :])
+
+
+class MessagePass(torch.nn.Module):
+    """``M_i = sum_j TensorProduct(filter(a_ij), S_j)`` (e3x ``MessagePass``).
+
+    :param max_degree: largest degree of edges, nodes and messages
+    :param features: number of channels
+    """
+
+    def __init__(self, max_degree: int, features: int):
+        super().__init__()
+        self.filter = EquivariantLinear(max_degree, features, features)
+        self.tensor = TensorProduct(max_degree, max_degree, max_degree, features)
+
+    def forward(
+        self,
+        nodes: torch.Tensor,
+        edges: torch.Tensor,
+        centers: torch.Tensor,
+        neighbors: torch.Tensor,
+    ) -> torch.Tensor:
+        """Gather, couple and sum messages.
+
+        :param nodes: node features ``S``, tensor of shape ``(n_atoms, (L + 1)^2, F)``
+        :param edges: edge features ``a_ij``, tensor of shape ``(n_pairs, (L + 1)^2, F)``
+        :param centers: index ``i`` of every pair, shape ``(n_pairs,)``
+        :param neighbors: index ``j`` of every pair, shape ``(n_pairs,)``
+        :return: tensor of shape ``(n_atoms, (L + 1)^2, F)``
+        """
+        messages = self.tensor(self.filter(edges), nodes[neighbors])
+        return torch.zeros_like(nodes).index_add(0, centers, messages)
