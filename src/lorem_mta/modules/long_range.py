@@ -53,12 +53,13 @@ def ewald_kvectors(cell: torch.Tensor, lr_wavelength: float) -> torch.Tensor:
     :param lr_wavelength: shortest wavelength kept, ``lambda``
     :return: tensor of shape ``(n_k, 3)``; ``k = 0`` is excluded
     """
-    ns: List[int] = torch.ceil(
-        torch.linalg.norm(cell.detach().to(torch.float64), dim=1) / lr_wavelength
-    ).tolist()
+    ns: List[int] = (
+        torch.ceil(torch.linalg.norm(cell.detach().to(torch.float64), dim=1) / lr_wavelength)
+        .long()
+        .tolist()
+    )
     axes: List[torch.Tensor] = []
     for n in ns:
-        n = int(n)
         axes.append(torch.fft.fftfreq(n, 1.0 / n, device=cell.device).round().long())
     m1, m2, m3 = torch.meshgrid(axes[0], axes[1], axes[2], indexing="ij")
     m1, m2, m3 = m1.reshape(-1), m2.reshape(-1), m3.reshape(-1)

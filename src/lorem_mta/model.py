@@ -1,0 +1,417 @@
+"""Metatomic adapter: :py:class:`LoremModel` turns ``System`` objects into backbone inputs.
+
+This is the only module that touches metatomic/metatensor objects. It
+
+* requests one full, strict neighbour list at the model cutoff (shared by the
+  short-range stages and the real-space part of the Ewald sum);
+* flattens a list of systems into the flat tensors of
+  :py:class:`~lorem_mta.modules.LoremBackbone` (atoms and pairs of each system
+  contiguous; edge vectors are the neighbour-list values, so forces and stresses come
+  from autograd through positions, cell and neighbour list);
+* validates the input (atomic types, periodicity, overlapping atoms, cells) with clear
+  errors instead of NaNs;
+* returns ``energy`` (per system or per atom), ``feature`` (per-atom invariants) and
+  the learned long-range quantities ``lorem::charges`` and ``lorem::potentials`` as
+  equivariant TensorMaps (one block per ``(o3_lambda, o3_sigma)``, components ``o3_mu``
+  in ``-l..l`` order, property ``channel`` = column of the charge stack: 0 is the scalar
+  MLP charge, 1 the ``l = 0`` spherical charge, 2-4 the ``l = 1`` and 5-9 the ``l = 2``
+  components).
+"""
+
+import math
+from typing import Dict, List, Optional
+
+import torch
+from metatensor.torch import Labels, TensorBlock, TensorMap
+from metatomic.torch import (
+    AtomisticModel,
+    ModelCapabilities,
+    ModelMetadata,
+    ModelOutput,
+    NeighborListOptions,
+    System,
+)
+
+from .modules import LoremBackbone
+
+#: smallest distance between two atoms (Angstrom) accepted by the model
+MIN_DISTANCE = 0.1
+
+CHARGES = "lorem::charges"
+POTENTIALS = "lorem::potentials"
+
+
+class LoremModel(torch.nn.Module):
+    """LOREM as a metatomic model (wrap it with :py:func:`export` / ``AtomisticModel``).
+
+    :param backbone: the network
+    :param atomic_types: atomic numbers the model accepts
+    :param atomic_baseline: optional per-type energy added to every atom (e.g. a
+        composition fit), ``{atomic number: energy}``
+    """
+
+    def __init__(
+        self,
+        backbone: LoremBackbone,
+        atomic_types: List[int],
+        atomic_baseline: Optional[Dict[int, float]] = None,
+    ):
+        super().__init__()
+        if len(atomic_types) == 0:
+            raise ValueError("atomic_types must not be empty")
+        if min(atomic_types) < 1 or max(atomic_types) > 99:
+            raise ValueError(f"atomic types must be between 1 and 99, got {atomic_types}")
+        self.backbone = backbone
+        self.atomic_types = sorted(set(int(t) for t in atomic_types))
+        self.cutoff = float(backbone.cutoff)
+        self.has_long_range = backbone.long_range is not None
+        baseline = torch.zeros(100, dtype=torch.float64)
+        for atomic_type, energy in (atomic_baseline or {}).items():
+            baseline[int(atomic_type)] = float(energy)
+        self.register_buffer("atomic_baseline", baseline)
+        known = torch.zeros(100, dtype=torch.bool)
+        known[self.atomic_types] = True
+        self.register_buffer("known_types", known, persistent=False)
+        self.min_distance = MIN_DISTANCE
+        self.neighbor_options = NeighborListOptions(
+            cutoff=self.cutoff, full_list=True, strict=True
+        )
+        self.max_degree_lr = 0
+        if self.has_long_range:
+            self.max_degree_lr = int(math.isqrt(backbone.num_charge_channels - 1)) - 1
+
+    def requested_neighbor_lists(self) -> List[NeighborListOptions]:
+        """The neighbour list LOREM needs: full, strict, at the cutoff.
+
+        :return: list with one :py:class:`NeighborListOptions`
+        """
+        return [self.neighbor_options]
+
+    def outputs(self) -> Dict[str, ModelOutput]:
+        """Outputs this model can compute.
+
+        :return: dictionary of output name to :py:class:`ModelOutput`
+        """
+        outputs = {
+            "energy": ModelOutput(unit="eV", sample_kind="atom"),
+            "feature": ModelOutput(
+                sample_kind="atom", description="LOREM final scalar node features"
+            ),
+        }
+        if self.has_long_range:
+            outputs[CHARGES] = ModelOutput(
+                sample_kind="atom", description="learned latent charges (all channels)"
+            )
+            outputs[POTENTIALS] = ModelOutput(
+                sample_kind="atom",
+                description="Coulomb potentials of the latent charges",
+            )
+        return outputs
+
+    def forward(
+        self,
+        systems: List[System],
+        outputs: Dict[str, ModelOutput],
+        selected_atoms: Optional[Labels] = None,
+    ) -> Dict[str, TensorMap]:
+        """Evaluate the requested outputs.
+
+        :param systems: systems with the neighbour list of
+            :py:meth:`requested_neighbor_lists` attached
+        :param outputs: requested outputs
+        :param selected_atoms: optional ``system, atom`` labels of the atoms whose
+            contributions are returned
+        :return: one TensorMap per requested output
+        """
+        if len(outputs) == 0:
+            return {}
+        device = systems[0].positions.device
+        dtype = systems[0].positions.dtype
+
+        types_list: List[torch.Tensor] = []
+        positions_list: List[torch.Tensor] = []
+        centers_list: List[torch.Tensor] = []
+        neighbors_list: List[torch.Tensor] = []
+        vectors_list: List[torch.Tensor] = []
+        cells_list: List[torch.Tensor] = []
+        atom_ptr: List[int] = [0]
+        pair_ptr: List[int] = [0]
+        periodic: List[bool] = []
+        for system in systems:
+            periodic.append(self._check_system(system))
+            neighbors = system.get_neighbor_list(self.neighbor_options)
+            pairs = neighbors.samples.values
+            vectors = neighbors.values.reshape(-1, 3)
+            self._check_distances(vectors)
+            offset = atom_ptr[-1]
+            types_list.append(system.types)
+            positions_list.append(system.positions)
+            centers_list.append(pairs[:, 0].to(torch.long) + offset)
+            neighbors_list.append(pairs[:, 1].to(torch.long) + offset)
+            vectors_list.append(vectors)
+            cells_list.append(system.cell)
+            atom_ptr.append(offset + len(system))
+            pair_ptr.append(pair_ptr[-1] + vectors.shape[0])
+
+        types = torch.cat(types_list).to(torch.long)
+        output = self.backbone(
+            types,
+            torch.cat(positions_list),
+            torch.cat(centers_list),
+            torch.cat(neighbors_list),
+            torch.cat(vectors_list),
+            torch.stack(cells_list),
+            atom_ptr,
+            pair_ptr,
+            periodic,
+        )
+
+        system_index = torch.cat(
+            [
+                torch.full((len(s),), k, dtype=torch.int32, device=device)
+                for k, s in enumerate(systems)
+            ]
+        )
+        atom_index = torch.cat(
+            [torch.arange(len(s), dtype=torch.int32, device=device) for s in systems]
+        )
+        mask = torch.ones(types.shape[0], dtype=torch.bool, device=device)
+        if selected_atoms is not None:
+            mask = self._selection_mask(selected_atoms, atom_ptr, types.shape[0], device)
+        samples = Labels(
+            ["system", "atom"], torch.stack([system_index, atom_index], dim=1)[mask]
+        )
+
+        results: Dict[str, TensorMap] = {}
+        if "energy" in outputs:
+            energies = output.energies + self.atomic_baseline.to(dtype)[types]
+            results["energy"] = self._scalar_output(
+                energies.unsqueeze(-1),
+                outputs["energy"],
+                mask,
+                samples,
+                system_index,
+                len(systems),
+                Labels(["energy"], torch.tensor([[0]], device=device)),
+            )
+        for name in ["feature", "features"]:
+            if name in outputs:
+                features = output.features
+                n_features = features.shape[1]
+                properties = Labels(
+                    ["feature"],
+                    torch.arange(n_features, device=device).reshape(-1, 1),
+                )
+                results[name] = self._scalar_output(
+                    features,
+                    outputs[name],
+                    mask,
+                    samples,
+                    system_index,
+                    len(systems),
+                    properties,
+                )
+        if "lorem::charges" in outputs:
+            results["lorem::charges"] = self._spherical_output(
+                output.charges[mask], samples
+            )
+        if "lorem::potentials" in outputs:
+            results["lorem::potentials"] = self._spherical_output(
+                output.potentials[mask], samples
+            )
+        return results
+
+    def _check_system(self, system: System) -> bool:
+        """Validate one system; return whether it is periodic."""
+        types = system.types.to(torch.long)
+        if types.shape[0] > 0:
+            out_of_range = (types < 0) | (types > 99)
+            known = self.known_types[types.clamp(0, 99)]
+            if bool(out_of_range.any()) or not bool(known.all()):
+                given: List[int] = torch.unique(system.types).tolist()
+                raise ValueError(
+                    "this model only knows atomic types "
+                    + str(self.atomic_types)
+                    + ", got "
+                    + str(given)
+                )
+        if not bool(torch.isfinite(system.positions).all()):
+            raise ValueError("positions contain NaN or infinite values")
+        if not bool(torch.isfinite(system.cell).all()):
+            raise ValueError("the cell contains NaN or infinite values")
+        n_periodic = int(system.pbc.sum())
+        if n_periodic == 3:
+            if float(torch.abs(torch.linalg.det(system.cell.detach()))) < 1e-6:
+                raise ValueError("periodic system with a singular (zero-volume) cell")
+            return True
+        if n_periodic == 0:
+            return False
+        pbc: List[bool] = system.pbc.tolist()
+        raise ValueError(
+            "LOREM's long-range Coulomb sum needs a fully periodic or a fully "
+            "non-periodic system, got pbc="
+            + str(pbc)
+            + " (1D and 2D periodicity are not supported)"
+        )
+
+    def _check_distances(self, vectors: torch.Tensor) -> None:
+        if vectors.shape[0] > 0:
+            shortest = float(torch.linalg.norm(vectors.detach(), dim=1).min())
+            if shortest < self.min_distance:
+                raise ValueError(
+                    "two atoms are "
+                    + str(shortest)
+                    + " A apart (the minimum is "
+                    + str(self.min_distance)
+                    + " A): overlapping or duplicated atoms"
+                )
+
+    def _selection_mask(
+        self, selected_atoms: Labels, atom_ptr: List[int], n_atoms: int, device: torch.device
+    ) -> torch.Tensor:
+        values = selected_atoms.values.to(device)
+        offsets = torch.tensor(atom_ptr[:-1], dtype=torch.long, device=device)
+        index = offsets[values[:, 0].to(torch.long)] + values[:, 1].to(torch.long)
+        mask = torch.zeros(n_atoms, dtype=torch.bool, device=device)
+        mask[index] = True
+        return mask
+
+    def _scalar_output(
+        self,
+        values: torch.Tensor,
+        request: ModelOutput,
+        mask: torch.Tensor,
+        samples: Labels,
+        system_index: torch.Tensor,
+        n_systems: int,
+        properties: Labels,
+    ) -> TensorMap:
+        device = values.device
+        if request.sample_kind == "atom":
+            block_values = values[mask]
+            block_samples = samples
+        else:
+            block_values = torch.zeros(
+                (n_systems, values.shape[1]), dtype=values.dtype, device=device
+            ).index_add(0, system_index[mask].to(torch.long), values[mask])
+            block_samples = Labels(
+                ["system"],
+                torch.arange(n_systems, device=device, dtype=torch.int32).reshape(-1, 1),
+            )
+        block = TensorBlock(
+            values=block_values,
+            samples=block_samples,
+            components=[],
+            properties=properties,
+        )
+        return TensorMap(Labels("_", torch.tensor([[0]], device=device)), [block])
+
+    def _spherical_output(self, values: torch.Tensor, samples: Labels) -> TensorMap:
+        device = values.device
+        blocks: List[TensorBlock] = []
+        keys: List[List[int]] = []
+        for l in range(self.max_degree_lr + 1):
+            components = [
+                Labels(
+                    ["o3_mu"],
+                    torch.arange(-l, l + 1, device=device, dtype=torch.int32).reshape(-1, 1),
+                )
+            ]
+            if l == 0:
+                block_values = values[:, 0:2].reshape(-1, 1, 2)
+                channels = [0, 1]
+            else:
+                start = 1 + l * l
+                block_values = values[:, start : start + 2 * l + 1].reshape(-1, 2 * l + 1, 1)
+                channels = [start]
+            properties = Labels(
+                ["channel"], torch.tensor(channels, device=device).reshape(-1, 1)
+            )
+            blocks.append(TensorBlock(block_values, samples, components, properties))
+            keys.append([l, 1])
+        return TensorMap(
+            Labels(["o3_lambda", "o3_sigma"], torch.tensor(keys, device=device)), blocks
+        )
+
+
+def capabilities(model: LoremModel, dtype: torch.dtype) -> ModelCapabilities:
+    """Metatomic capabilities of ``model``.
+
+    :param model: the model
+    :param dtype: dtype the model will run in
+    :return: capabilities; the interaction range is infinite with the long-range block
+    """
+    backbone = model.backbone
+    interaction_range = (len(backbone.steps) + 1) * model.cutoff
+    if model.has_long_range:
+        interaction_range = math.inf
+    return ModelCapabilities(
+        outputs=model.outputs(),
+        atomic_types=model.atomic_types,
+        interaction_range=interaction_range,
+        length_unit="angstrom",
+        supported_devices=["cpu", "cuda"],
+        dtype="float64" if dtype == torch.float64 else "float32",
+    )
+
+
+def default_metadata() -> ModelMetadata:
+    """Metadata citing the LOREM paper and its building blocks.
+
+    :return: metadata
+    """
+    return ModelMetadata(
+        name="LOREM",
+        description=(
+            "LOREM: Learning Long-Range Representations with Equivariant Messages "
+            "(lorem_mta implementation)"
+        ),
+        references={
+            "architecture": [
+                "Rumiantsev, Langer, Sodjargal, Ceriotti, Loche, Learning Long-Range "
+                "Representations with Equivariant Messages, arXiv:2507.19382"
+            ],
+            "implementation": [
+                "torch-pme: Loche et al., J. Chem. Phys. 162, 142501 (2025)",
+                "sphericart: Bigi et al., J. Chem. Phys. 159, 064802 (2023)",
+            ],
+        },
+    )
+
+
+def atomistic_model(
+    model: LoremModel,
+    dtype: torch.dtype = torch.float32,
+    metadata: Optional[ModelMetadata] = None,
+) -> AtomisticModel:
+    """Wrap ``model`` into a metatomic :py:class:`AtomisticModel`.
+
+    :param model: the model
+    :param dtype: dtype to run in (``float32`` or ``float64``)
+    :param metadata: model metadata; defaults to :py:func:`default_metadata`
+    :return: the atomistic model, in eval mode
+    """
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    model = model.to(dtype).eval()
+    return AtomisticModel(model, metadata or default_metadata(), capabilities(model, dtype))
+
+
+def export(
+    model: LoremModel,
+    path: str,
+    dtype: torch.dtype = torch.float32,
+    collect_extensions: Optional[str] = None,
+) -> AtomisticModel:
+    """Export ``model`` to a TorchScript file that any metatomic engine can run.
+
+    :param model: the model
+    :param path: output file, e.g. ``model.pt``
+    :param dtype: dtype of the exported model
+    :param collect_extensions: folder where the compiled extensions the model needs
+        (sphericart) are copied; engines load them from there
+    :return: the atomistic model that was saved
+    """
+    wrapped = atomistic_model(model, dtype)
+    wrapped.save(path, collect_extensions=collect_extensions)
+    return wrapped
