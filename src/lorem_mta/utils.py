@@ -1,0 +1,117 @@
+"""Helpers to evaluate a :py:class:`~lorem_mta.model.LoremModel` from plain Python.
+
+Engines (ASE, LAMMPS, i-PI, TorchSim) evaluate exported models themselves; these helpers
+do the same thing in a few lines for scripts and tests: build a metatomic ``System``,
+attach the neighbour list the model asks for (with autograd through positions and cell),
+and get energy, forces and the virial ``W = dE/d(strain)`` (ASE stress times volume).
+"""
+
+from typing import Dict, List, NamedTuple, Optional
+
+import ase
+import torch
+from metatensor.torch import Labels, TensorMap
+from metatomic.torch import ModelOutput, System
+from vesin.metatomic import NeighborList
+
+
+class Prediction(NamedTuple):
+    """Energy (per system), forces (per system) and virial ``dE/d(strain)``."""
+
+    energies: torch.Tensor
+    forces: List[torch.Tensor]
+    virials: torch.Tensor
+    outputs: Dict[str, TensorMap]
+
+
+def system_from_atoms(
+    atoms: ase.Atoms,
+    dtype: torch.dtype = torch.float64,
+    positions: Optional[torch.Tensor] = None,
+    strain: Optional[torch.Tensor] = None,
+) -> System:
+    """Convert ASE atoms to a metatomic ``System`` (positions and cell times ``strain``).
+
+    :param atoms: the structure; periodicity from ``atoms.pbc``
+    :param dtype: dtype of positions and cell
+    :param positions: optional ``(n_atoms, 3)`` tensor to use instead of
+        ``atoms.positions`` (e.g. a leaf that requires gradients)
+    :param strain: optional ``(3, 3)`` matrix applied to positions and cell
+    :return: the system
+    """
+    if positions is None:
+        positions = torch.tensor(atoms.positions, dtype=dtype)
+    pbc = torch.tensor(atoms.pbc, dtype=torch.bool)
+    cell = torch.tensor(atoms.cell.array, dtype=dtype) * pbc.unsqueeze(-1).to(dtype)
+    if strain is not None:
+        positions = positions @ strain
+        cell = cell @ strain
+    return System(
+        types=torch.tensor(atoms.numbers, dtype=torch.int32),
+        positions=positions,
+        cell=cell,
+        pbc=pbc,
+    )
+
+
+def attach_neighbors(model: torch.nn.Module, systems: List[System]) -> None:
+    """Compute and attach every neighbour list ``model`` requests (autograd-ready).
+
+    :param model: a :py:class:`~lorem_mta.model.LoremModel` or ``AtomisticModel``
+    :param systems: systems to complete in place
+    """
+    for options in model.requested_neighbor_lists():
+        calculator = NeighborList(options, "angstrom")
+        for system in systems:
+            system.add_neighbor_list(options, calculator.compute(system))
+
+
+def predict(
+    model: torch.nn.Module,
+    structures: List[ase.Atoms],
+    dtype: torch.dtype = torch.float64,
+    extra_outputs: Optional[List[str]] = None,
+    selected_atoms: Optional[Labels] = None,
+    create_graph: bool = False,
+) -> Prediction:
+    """Energies, forces and virials of ``structures`` with a (non-exported) model.
+
+    :param model: a :py:class:`~lorem_mta.model.LoremModel`
+    :param structures: ASE structures
+    :param dtype: dtype to evaluate in
+    :param extra_outputs: names of further outputs to return (e.g. ``lorem::charges``)
+    :param selected_atoms: optional selection passed to the model
+    :param create_graph: keep the graph of the derivatives (for force training)
+    :return: :py:class:`Prediction`
+    """
+    strains = [
+        torch.eye(3, dtype=dtype).requires_grad_(True) for _ in range(len(structures))
+    ]
+    leaves = [
+        torch.tensor(atoms.positions, dtype=dtype).requires_grad_(True)
+        for atoms in structures
+    ]
+    systems = [
+        system_from_atoms(atoms, dtype, positions, strain)
+        for atoms, positions, strain in zip(structures, leaves, strains, strict=True)
+    ]
+    attach_neighbors(model, systems)
+    requested = {"energy": ModelOutput(unit="eV", sample_kind="system")}
+    for name in extra_outputs or []:
+        requested[name] = ModelOutput(sample_kind="atom")
+    outputs = model(systems, requested, selected_atoms)
+    energies = outputs["energy"].block().values.reshape(-1)
+    gradients = torch.autograd.grad(
+        energies.sum(), leaves + strains, create_graph=create_graph, allow_unused=True
+    )
+    forces = [
+        -g if g is not None else torch.zeros_like(p)
+        for g, p in zip(gradients[: len(systems)], leaves, strict=True)
+    ]
+    virials = torch.stack(
+        [
+            g if g is not None else torch.zeros((3, 3), dtype=dtype)
+            for g in gradients[len(systems) :]
+        ]
+    )
+    return Prediction(energies, forces, virials, outputs)
