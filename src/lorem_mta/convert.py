@@ -232,3 +232,50 @@ def backbone_from_jax(
         raise KeyError(f"parameters missing from the lorem-jax tree: {sorted(missing)}")
     model.load_state_dict(state, strict=False)
     return model.to(dtype or torch.float64).eval()
+
+
+def model_from_jax(
+    path: str, atomic_types: Optional[List[int]] = None, dtype: torch.dtype = torch.float64
+):
+    """Build a :py:class:`~lorem_mta.model.LoremModel` from a lorem-jax parameter file.
+
+    :param path: ``.npz`` with ``param/<flax path>`` leaves and ``hypers_json``
+    :param atomic_types: atomic numbers the model accepts; by default every element of
+        the species embedding table (1-99)
+    :param dtype: dtype of the model
+    :return: the model, in eval mode
+    """
+    from .model import LoremModel
+
+    params, hypers = read_jax_npz(path)
+    backbone = backbone_from_jax(params, hypers, dtype)
+    n_embedded = params["Initial_0/ChemicalEmbedding_0/Embed_0/embedding"].shape[0]
+    if atomic_types is None:
+        atomic_types = list(range(1, n_embedded))
+    bad = [t for t in atomic_types if not 0 < t < n_embedded]
+    if bad:
+        raise ValueError(
+            f"atomic types {bad} are outside the species embedding (1..{n_embedded - 1})"
+        )
+    return LoremModel(backbone, atomic_types).to(dtype).eval()
+
+
+def convert_jax(
+    path: str,
+    output: str,
+    dtype: torch.dtype = torch.float32,
+    atomic_types: Optional[List[int]] = None,
+    extensions: Optional[str] = None,
+) -> None:
+    """Convert a lorem-jax parameter file into an exported metatomic model.
+
+    :param path: ``.npz`` with ``param/<flax path>`` leaves and ``hypers_json``
+    :param output: exported model file, e.g. ``model.pt``
+    :param dtype: dtype of the exported model
+    :param atomic_types: atomic numbers the model accepts (default: 1-99)
+    :param extensions: folder for the compiled extensions the model needs
+    """
+    from .model import export
+
+    model = model_from_jax(path, atomic_types, torch.float64)
+    export(model, output, dtype, collect_extensions=extensions)
