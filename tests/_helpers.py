@@ -18,6 +18,7 @@ from metatomic.torch import ModelOutput
 
 from lorem_mta.model import LoremModel
 from lorem_mta.modules import LoremBackbone
+from lorem_mta.modules.tensor_product import EquivariantLinear, TensorProduct
 from lorem_mta.utils import attach_neighbors, system_from_atoms
 
 ATOMIC_TYPES = [1, 6, 8, 11, 17]
@@ -43,11 +44,17 @@ VARIANTS: Dict[str, dict] = {
 }
 
 
-def make_model(seed: int = 0, noise: float = 0.1, **kwargs) -> LoremModel:
+def make_model(
+    seed: int = 0, noise: float = 0.1, spherical_gain: float = 2.0, **kwargs
+) -> LoremModel:
     """Small float64 ``LoremModel`` with every parameter perturbed by noise.
 
     Freshly initialised biases are zero and LayerNorm scales one; the noise makes every
-    parameter non-trivial so that symmetry tests are able to fail.
+    parameter non-trivial so that symmetry tests are able to fail. The weights of the
+    equivariant layers are also multiplied by ``spherical_gain``: with the default
+    initialisation the spherical features shrink at every tensor product (l = 1 charges
+    of a model with one equivariant message-passing step are ~1e-12), which would make
+    the equivariance checks of the charges vacuous.
     """
     torch.manual_seed(seed)
     options = {
@@ -62,6 +69,9 @@ def make_model(seed: int = 0, noise: float = 0.1, **kwargs) -> LoremModel:
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(noise * torch.randn_like(parameter))
+        for module in model.modules():
+            if isinstance(module, (EquivariantLinear, TensorProduct)):
+                module.weight.mul_(spherical_gain)
     return model.eval()
 
 

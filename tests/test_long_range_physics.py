@@ -117,9 +117,7 @@ def _ewald_reference(positions, cell, charges, alpha, accuracy=6.5):
     images = np.stack(grid, axis=-1).reshape(-1, 3) @ cell
     e_real = 0.0
     for i in range(len(q)):
-        r = np.linalg.norm(
-            positions[None, :, :] - positions[i] + images[:, None], axis=-1
-        )
+        r = np.linalg.norm(positions[None, :, :] - positions[i] + images[:, None], axis=-1)
         keep = (r > 1e-10) & (r < r_cut)
         e_real += 0.5 * q[i] * np.sum((q[None, :] * erfc(alpha * r))[keep] / r[keep])
 
@@ -185,9 +183,7 @@ def random_cell(seed, n_atoms=64, min_distance=1.2):
     while len(positions) < n_atoms:
         candidate = generator.uniform(size=3) @ cell
         if positions:
-            pairs, _ = neighbor_list(
-                np.array([*positions, candidate]), cell, min_distance
-            )
+            pairs, _ = neighbor_list(np.array([*positions, candidate]), cell, min_distance)
             if len(pairs) > 0 and np.any(pairs.numpy() == len(positions)):
                 continue
         positions.append(candidate)
@@ -297,9 +293,7 @@ def test_vacuum_molecule():
 
     coulomb = CoulombPotentials(CUTOFF)
     pairs, shifts = neighbor_list(positions, np.zeros((3, 3)), periodic=False)
-    distances = pair_distances(
-        torch.tensor(positions), torch.zeros(3, 3), pairs, shifts
-    )
+    distances = pair_distances(torch.tensor(positions), torch.zeros(3, 3), pairs, shifts)
     V = coulomb(
         torch.tensor(charges),
         torch.tensor(positions),
@@ -347,9 +341,7 @@ def test_gromacs_frame_rotation_and_scaling():
     e, forces = _energy_forces(charges, positions, cell)
 
     rotation = random_rotation(4)
-    e_rot, forces_rot = _energy_forces(
-        charges, positions @ rotation.T, cell @ rotation.T
-    )
+    e_rot, forces_rot = _energy_forces(charges, positions @ rotation.T, cell @ rotation.T)
     assert e_rot == pytest.approx(e, rel=1e-10)
     np.testing.assert_allclose(forces_rot, forces @ rotation.T, rtol=1e-8, atol=1e-9)
 
@@ -359,9 +351,7 @@ def test_gromacs_frame_rotation_and_scaling():
     # in E and ~2e-3 eV/A in F, changes with s)
     e, forces = _energy_forces(charges, positions, cell, nl_cutoff=LONG_NL)
     for s in (0.8, 1.7):
-        e_s, forces_s = _energy_forces(
-            charges, s * positions, s * cell, "ewald", LONG_NL
-        )
+        e_s, forces_s = _energy_forces(charges, s * positions, s * cell, "ewald", LONG_NL)
         assert e_s == pytest.approx(e / s, rel=1e-7)
         np.testing.assert_allclose(forces_s, forces / s**2, rtol=1e-5, atol=1e-6)
 
@@ -400,6 +390,7 @@ def test_strain_derivative(charged):
                 _ewald_reference(positions @ plus, cell @ plus, charges, 0.6)
                 - _ewald_reference(positions @ minus, cell @ minus, charges, 0.6)
             ) / (2 * h)
+    # measured 2e-9 (with the 5 A list the truncation makes it ~3e-4 relative)
     np.testing.assert_allclose(derivative, expected, rtol=1e-6, atol=1e-7)
     assert np.trace(derivative) == pytest.approx(-e.item(), rel=1e-7)
     # rotational invariance: symmetric virial
@@ -478,9 +469,9 @@ def _batch(structures, ghosts=None):
         d = pair_distances(torch.tensor(pos), torch.tensor(cell), pairs, shifts)
         is_local = [True] * n
         if ghosts is not None and ghosts[k]:
-            # LAMMPS-style ghosts: image copies of some atoms, inserted *between* the
-            # local atoms (to test the index remapping), with their own (non-zero)
-            # charges and pairs to local atoms
+            # LAMMPS-style ghosts: displaced copies of some atoms, inserted *between*
+            # the local atoms (to test the index remapping), with their own non-zero
+            # charges and pairs to local atoms; all of this must be invisible
             copies = ghosts[k]
             ghost_pos = pos[copies] + cell[0] + 0.1
             ghost_q = generator.normal(size=(len(copies), q.shape[1]))
@@ -496,8 +487,7 @@ def _batch(structures, ghosts=None):
                 [new_index[:2].repeat(len(copies)), ghost_index.repeat_interleave(2)], 1
             )
             ghost_d = torch.linalg.norm(
-                torch.tensor(pos)[ghost_pairs[:, 1]]
-                - torch.tensor(pos)[ghost_pairs[:, 0]],
+                torch.tensor(pos)[ghost_pairs[:, 1]] - torch.tensor(pos)[ghost_pairs[:, 0]],
                 dim=1,
             )
             pairs = torch.cat([pairs, ghost_pairs, ghost_pairs.flip(1)])
@@ -596,10 +586,11 @@ def test_random_cell_ewald_pme():
 
     # exact Ewald sum with a long neighbour list
     exact = energy(charges, positions, cell, "ewald", LONG_NL).item()
-    assert exact == pytest.approx(expected, rel=1e-6)
+    assert exact == pytest.approx(expected, rel=1e-8)  # measured 1e-10
 
     # the model's own neighbour list: Ewald and PME share the real-space part, so they
-    # differ only by the PME interpolation error
+    # differ only by the PME interpolation error (measured: Ewald vs exact 9e-6,
+    # PME vs Ewald 3e-5 in energy, 1.3e-5 of max |V| per atom)
     V_ewald = potentials(charges, positions, cell, "ewald")
     V_pme = potentials(charges, positions, cell, "pme")
     q = torch.tensor(charges)[:, None]

@@ -12,7 +12,10 @@ import pytest
 import torch
 
 from lorem_mta.convert import backbone_from_jax, model_from_jax, read_jax_npz
-from lorem_mta.modules.spherical import SphericalHarmonics, e3x_to_sphericart_permutation
+from lorem_mta.modules.spherical import (
+    SphericalHarmonics,
+    e3x_to_sphericart_permutation,
+)
 from lorem_mta.modules.tensor_product import clebsch_gordan
 from lorem_mta.utils import predict
 
@@ -63,7 +66,13 @@ def _evaluate_backbone(model, data, k):
     )
     energy = output.energies.sum()
     grad_positions, grad_strain = torch.autograd.grad(energy, [positions, strain])
-    return energy.item(), output.energies.detach(), -grad_positions, grad_strain, periodic
+    return (
+        energy.item(),
+        output.energies.detach(),
+        -grad_positions,
+        grad_strain,
+        periodic,
+    )
 
 
 @pytest.mark.parametrize("name", FIXTURES)
@@ -173,7 +182,9 @@ def test_clebsch_gordan_match_e3x():
     for l1 in range(7):
         for l2 in range(7):
             for l3 in range(7):
-                block = table[l1**2 : (l1 + 1) ** 2, l2**2 : (l2 + 1) ** 2, l3**2 : (l3 + 1) ** 2]
+                block = table[
+                    l1**2 : (l1 + 1) ** 2, l2**2 : (l2 + 1) ** 2, l3**2 : (l3 + 1) ** 2
+                ]
                 if (l1 + l2 + l3) % 2 == 0:  # the only paths LOREM uses
                     np.testing.assert_allclose(clebsch_gordan(l1, l2, l3), block, atol=1e-13)
 
@@ -197,8 +208,19 @@ def test_convert_jax_cli(tmp_path):
     path, _, data = _load("paper_default")
     output = tmp_path / "model.pt"
     subprocess.run(
-        [sys.executable, "-m", "lorem_mta.cli", "convert-jax", str(path), "-o", str(output),
-         "--dtype", "float64", "--types", "1,6,8,11,17"],
+        [
+            sys.executable,
+            "-m",
+            "lorem_mta.cli",
+            "convert-jax",
+            str(path),
+            "-o",
+            str(output),
+            "--dtype",
+            "float64",
+            "--types",
+            "1,6,8,11,17",
+        ],
         check=True,
         capture_output=True,
     )
@@ -213,7 +235,10 @@ atoms.calc = MetatomicCalculator({str(output)!r},
 print(json.dumps([atoms.get_potential_energy(), "lorem_mta" in sys.modules]))
 """
     result = subprocess.run(
-        [sys.executable, "-c", script], check=True, capture_output=True, text=True,
+        [sys.executable, "-c", script],
+        check=True,
+        capture_output=True,
+        text=True,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     energy, imported = json.loads(result.stdout.strip().splitlines()[-1])
@@ -237,7 +262,9 @@ def test_convert_rejects_wrong_files(tmp_path):
     # hyperparameters that do not match the parameters
     path, _, _ = _load("no_lr")
     data = dict(np.load(path))
-    data["hypers_json"] = np.array(json.dumps({**json.loads(str(data["hypers_json"])), "max_degree": 2}))
+    data["hypers_json"] = np.array(
+        json.dumps({**json.loads(str(data["hypers_json"])), "max_degree": 2})
+    )
     wrong = tmp_path / "wrong.npz"
     np.savez(wrong, **data)
     with pytest.raises((KeyError, RuntimeError)):

@@ -208,7 +208,7 @@ FD_TOLERANCE = 1e-6
 
 
 def _energy(model, atoms) -> float:
-    return float(predict(model, [atoms]).energies[0])
+    return float(predict(model, [atoms]).energies.detach()[0])
 
 
 @pytest.mark.parametrize("structure", list(STRUCTURES))

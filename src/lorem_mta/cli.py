@@ -65,7 +65,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 2
         extensions = args.extensions
         if extensions is None:
-            extensions = os.path.join(os.path.dirname(os.path.abspath(args.output)), "extensions")
+            extensions = os.path.join(
+                os.path.dirname(os.path.abspath(args.output)), "extensions"
+            )
         try:
             convert_jax(args.input, args.output, DTYPES[args.dtype], args.types, extensions)
         except (ValueError, KeyError) as e:

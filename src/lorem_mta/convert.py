@@ -64,7 +64,13 @@ def flax_names(hypers: Dict) -> List[Tuple[str, str, str]]:
     h = {**JAX_DEFAULTS, **hypers}
     name = _Counter()
     pairs = [("Initial_0/ChemicalEmbedding_0/Embed_0", "embedding.embedding", "embed")]
-    pairs.append((name("RadialCoefficients") + "/MLP_0", "initial.radial_coefficients.mlp", "mlp"))
+    pairs.append(
+        (
+            name("RadialCoefficients") + "/MLP_0",
+            "initial.radial_coefficients.mlp",
+            "mlp",
+        )
+    )
     if h["initialize_node_features"]:
         pairs.append((name("Dense"), "initial.node_embedding", "linear"))
     pairs += [
@@ -78,7 +84,11 @@ def flax_names(hypers: Dict) -> List[Tuple[str, str, str]]:
     for k in range(h["num_message_passing"]):
         step = f"steps.{k}"
         pairs += [
-            (name("RadialCoefficients") + "/MLP_0", f"{step}.radial_coefficients.mlp", "mlp"),
+            (
+                name("RadialCoefficients") + "/MLP_0",
+                f"{step}.radial_coefficients.mlp",
+                "mlp",
+            ),
             (name("Dense"), f"{step}.message", "linear"),
             (name("Update"), f"{step}.message_update", "update"),
         ]
@@ -175,7 +185,9 @@ def jax_to_state_dict(params: Dict[str, np.ndarray], hypers: Dict) -> Dict[str, 
             f"the parameter tree has {n_given} numbers but only {n_used} map onto the "
             "model: the hyperparameters do not match the parameters"
         )
-    return {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)) for k, v in state.items()}
+    return {
+        k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)) for k, v in state.items()
+    }
 
 
 def read_jax_npz(path: str) -> Tuple[Dict[str, np.ndarray], Dict]:
@@ -235,7 +247,9 @@ def backbone_from_jax(
 
 
 def model_from_jax(
-    path: str, atomic_types: Optional[List[int]] = None, dtype: torch.dtype = torch.float64
+    path: str,
+    atomic_types: Optional[List[int]] = None,
+    dtype: torch.dtype = torch.float64,
 ):
     """Build a :py:class:`~lorem_mta.model.LoremModel` from a lorem-jax parameter file.
 

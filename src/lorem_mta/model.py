@@ -212,9 +212,7 @@ class LoremModel(torch.nn.Module):
                     properties,
                 )
         if "lorem::charges" in outputs:
-            results["lorem::charges"] = self._spherical_output(
-                output.charges[mask], samples
-            )
+            results["lorem::charges"] = self._spherical_output(output.charges[mask], samples)
         if "lorem::potentials" in outputs:
             results["lorem::potentials"] = self._spherical_output(
                 output.potentials[mask], samples
@@ -267,7 +265,11 @@ class LoremModel(torch.nn.Module):
                 )
 
     def _selection_mask(
-        self, selected_atoms: Labels, atom_ptr: List[int], n_atoms: int, device: torch.device
+        self,
+        selected_atoms: Labels,
+        atom_ptr: List[int],
+        n_atoms: int,
+        device: torch.device,
     ) -> torch.Tensor:
         values = selected_atoms.values.to(device)
         offsets = torch.tensor(atom_ptr[:-1], dtype=torch.long, device=device)

@@ -84,12 +84,9 @@ def predict(
     :param create_graph: keep the graph of the derivatives (for force training)
     :return: :py:class:`Prediction`
     """
-    strains = [
-        torch.eye(3, dtype=dtype).requires_grad_(True) for _ in range(len(structures))
-    ]
+    strains = [torch.eye(3, dtype=dtype).requires_grad_(True) for _ in range(len(structures))]
     leaves = [
-        torch.tensor(atoms.positions, dtype=dtype).requires_grad_(True)
-        for atoms in structures
+        torch.tensor(atoms.positions, dtype=dtype).requires_grad_(True) for atoms in structures
     ]
     systems = [
         system_from_atoms(atoms, dtype, positions, strain)

@@ -79,9 +79,7 @@ class LoremBackbone(torch.nn.Module):
         self.embedding = ChemicalEmbedding(num_species)
         self.radial_basis = BernsteinBasis(num_radial, cutoff)
         self.spherical_harmonics = SphericalHarmonics(L)
-        self.initial = InitialStep(
-            L, d, s, num_radial, num_species, initialize_node_features
-        )
+        self.initial = InitialStep(L, d, s, num_radial, num_species, initialize_node_features)
         self.steps = torch.nn.ModuleList(
             [
                 MessagePassingStep(L, d, s, num_radial, equivariant_message_passing)
@@ -126,9 +124,9 @@ class LoremBackbone(torch.nn.Module):
         species, species_index = torch.unique(atomic_numbers, return_inverse=True)
         species_embedding = self.embedding(species)
         distances = torch.linalg.norm(edge_vectors, dim=-1)
-        radial = self.radial_basis(distances) * cosine_cutoff(
-            distances, self.cutoff
-        ).unsqueeze(-1)
+        radial = self.radial_basis(distances) * cosine_cutoff(distances, self.cutoff).unsqueeze(
+            -1
+        )
         harmonics = self.spherical_harmonics(edge_vectors)
 
         # -- short range --

@@ -244,7 +244,12 @@ class LongRange(torch.nn.Module):
             if atoms.shape[0] == 0:
                 continue
             result = self.coulomb(
-                charges[atoms], positions[atoms], cells[k], periodic[k], pairs, pair_distances
+                charges[atoms],
+                positions[atoms],
+                cells[k],
+                periodic[k],
+                pairs,
+                pair_distances,
             )
             potentials = potentials.index_copy(0, atoms, result)
         return potentials

@@ -23,7 +23,7 @@ followed by another norm update. Every stage ends with a residual energy readout
 :math:`E_i \mathrel{+}= \mathrm{MLP}_{[d, d, 1]}(x_i)`.
 """
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 
@@ -240,6 +240,11 @@ class MessagePassingStep(torch.nn.Module):
         nodes_scalar = self.message_update(nodes_scalar, messages)
         if self.equivariant is not None:
             nodes_scalar, nodes_spherical = self.equivariant(
-                nodes_scalar, nodes_spherical, edges_scalar, centers, neighbors, harmonics
+                nodes_scalar,
+                nodes_spherical,
+                edges_scalar,
+                centers,
+                neighbors,
+                harmonics,
             )
         return nodes_scalar, nodes_spherical, self.readout(nodes_scalar)[:, 0]

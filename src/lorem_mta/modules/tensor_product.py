@@ -106,9 +106,7 @@ class EquivariantLinear(torch.nn.Module):
 
     def __init__(self, max_degree: int, in_features: int, out_features: int):
         super().__init__()
-        self.weight = torch.nn.Parameter(
-            torch.empty(max_degree + 1, in_features, out_features)
-        )
+        self.weight = torch.nn.Parameter(torch.empty(max_degree + 1, in_features, out_features))
         lecun_normal_(self.weight, in_features)
         self.register_buffer("degrees", degree_index(max_degree), persistent=False)
 
