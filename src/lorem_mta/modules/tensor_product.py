@@ -20,7 +20,7 @@ from :math:`C`). The real coefficients satisfy
 Clebsch-Gordan coefficients from ``wigners`` transformed to the real basis, with the phase
 :math:`(-1)^{(l_1 + l_2 - l_3)/2}` that makes them identical to e3x's (so that
 :math:`C^{110}_{m m'} = +\delta_{m m'}/\sqrt{3}`). The contraction runs over the
-non-zero coefficients only (no dense :math:`(L+1)^6` tensor).
+non-zero ``(l1, l2, l3)`` blocks only (no dense :math:`(L+1)^6` tensor).
 
 **TensorDense** = equivariant linear ``F_in -> 2 F_out`` then the tensor product of the
 two halves. **MessagePass** = tensor product of a filtered edge feature with the
@@ -125,6 +125,12 @@ class TensorProduct(torch.nn.Module):
     The weight has shape ``(L1 + 1, L2 + 1, L_out + 1, F)`` like e3x's kernel (parity-
     forbidden entries exist but are never used).
 
+    The contraction is grouped by input pair ``(l1, l2)``: the outer product of the two
+    input blocks, ``(n, F, (2 l1 + 1)(2 l2 + 1))``, is multiplied by the matrix of every
+    allowed output ``l3`` stacked side by side, then weighted per path and channel and
+    summed into the output blocks. This touches only the non-zero ``(l1, l2, l3)`` blocks
+    and uses dense matrix products inside them.
+
     :param max_degree_1: largest degree ``L1`` of the first input
     :param max_degree_2: largest degree ``L2`` of the second input
     :param max_degree_out: largest output degree ``L_out``
@@ -140,22 +146,31 @@ class TensorProduct(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.zeros(*shape, features))
 
         paths = allowed_paths(max_degree_1, max_degree_2, max_degree_out)
-        index_1, index_2, index_out, values, path_index = [], [], [], [], []
-        for l1, l2, l3 in paths:
-            block = clebsch_gordan(l1, l2, l3)
-            for m1, m2, m3 in zip(*np.nonzero(np.abs(block) > 1e-14), strict=True):
-                index_1.append(l1 * l1 + m1)
-                index_2.append(l2 * l2 + m2)
-                index_out.append(l3 * l3 + m3)
-                values.append(block[m1, m2, m3])
-                path_index.append((l1 * shape[1] + l2) * shape[2] + l3)
+        # one entry per input pair: (start 1, size 1, start 2, size 2, offset, columns)
+        self.pairs: List[Tuple[int, int, int, int, int, int]] = []
+        matrices: List[np.ndarray] = []
+        column_path: List[int] = []
+        column_out: List[int] = []
+        offset = 0
+        for l1, l2 in sorted({(p[0], p[1]) for p in paths}):
+            outputs = [p[2] for p in paths if p[0] == l1 and p[1] == l2]
+            matrix = np.concatenate(
+                [
+                    clebsch_gordan(l1, l2, l3).reshape((2 * l1 + 1) * (2 * l2 + 1), 2 * l3 + 1)
+                    for l3 in outputs
+                ],
+                axis=1,
+            )
+            for l3 in outputs:
+                column_path += [(l1 * shape[1] + l2) * shape[2] + l3] * (2 * l3 + 1)
+                column_out += list(range(l3 * l3, (l3 + 1) ** 2))
+            self.pairs.append((l1 * l1, 2 * l1 + 1, l2 * l2, 2 * l2 + 1, offset, matrix.shape[1]))
+            matrices.append(matrix.reshape(-1))
+            offset += matrix.size
 
-        as_long = {"dtype": torch.long}
-        self.register_buffer("index_1", torch.tensor(index_1, **as_long))
-        self.register_buffer("index_2", torch.tensor(index_2, **as_long))
-        self.register_buffer("index_out", torch.tensor(index_out, **as_long))
-        self.register_buffer("path_index", torch.tensor(path_index, **as_long))
-        self.register_buffer("cg", torch.tensor(values, dtype=torch.float64))
+        self.register_buffer("cg", torch.tensor(np.concatenate(matrices), dtype=torch.float64))
+        self.register_buffer("column_path", torch.tensor(column_path, dtype=torch.long))
+        self.register_buffer("column_out", torch.tensor(column_out, dtype=torch.long))
         self._init_weights(paths, shape)
 
     def _init_weights(self, paths: List[Tuple[int, int, int]], shape: Tuple) -> None:
@@ -172,16 +187,21 @@ class TensorProduct(torch.nn.Module):
         :param y: tensor of shape ``(n, (L2 + 1)^2, F)``
         :return: tensor of shape ``(n, (L_out + 1)^2, F)``
         """
-        n_features = self.weight.shape[-1]
-        coupling = self.weight.reshape(-1, n_features)[self.path_index]  # [nnz, F]
-        coupling = coupling * self.cg.to(x.dtype).unsqueeze(-1)
-        products = x[:, self.index_1] * y[:, self.index_2] * coupling  # [n, nnz, F]
-        out = torch.zeros(
-            (x.shape[0], self.n_out, n_features),
-            dtype=x.dtype,
-            device=x.device,
-        )
-        return out.index_add(1, self.index_out, products)
+        n, n_features = x.shape[0], self.weight.shape[-1]
+        x_t = x.transpose(1, 2)  # [n, F, lm]
+        y_t = y.transpose(1, 2)
+        cg = self.cg.to(x.dtype)
+        columns: List[torch.Tensor] = []
+        for start_1, size_1, start_2, size_2, offset, width in self.pairs:
+            outer = x_t[:, :, start_1 : start_1 + size_1].unsqueeze(-1) * y_t[
+                :, :, start_2 : start_2 + size_2
+            ].unsqueeze(-2)  # [n, F, size_1, size_2]
+            block = cg[offset : offset + size_1 * size_2 * width].view(size_1 * size_2, width)
+            columns.append(outer.reshape(n, n_features, size_1 * size_2) @ block)
+        weights = self.weight.reshape(-1, n_features)[self.column_path].T  # [F, columns]
+        weighted = torch.cat(columns, dim=2) * weights  # [n, F, columns]
+        out = torch.zeros((n, n_features, self.n_out), dtype=x.dtype, device=x.device)
+        return out.index_add(2, self.column_out, weighted).transpose(1, 2)
 
 
 class TensorDense(torch.nn.Module):
