@@ -53,7 +53,10 @@ class LoremBackbone(torch.nn.Module):
     :param num_message_passing: extra short-range steps after the first
     :param equivariant_message_passing: pass equivariant messages in those steps
     :param initialize_node_features: start scalar features from the species embedding
-    :param long_range_method: ``"ewald"`` or ``"pme"`` for periodic structures
+    :param long_range_method: ``"ewald"``, ``"pme"`` or ``"auto"`` (Ewald for small,
+        PME for large structures) for periodic structures
+    :param long_range_accuracy: accuracy of the reciprocal-space sum; ``None`` keeps the
+        reference (lorem-jax) settings
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class LoremBackbone(torch.nn.Module):
         equivariant_message_passing: bool = True,
         initialize_node_features: bool = True,
         long_range_method: str = "ewald",
+        long_range_accuracy: Optional[float] = None,
     ):
         super().__init__()
         d, s, L = num_features, num_spherical_features, max_degree
@@ -89,7 +93,9 @@ class LoremBackbone(torch.nn.Module):
         self.long_range = None
         self.long_range_readout = None
         if lr:
-            self.long_range = LongRange(cutoff, L, max_degree_lr, d, s, long_range_method)
+            self.long_range = LongRange(
+                cutoff, L, max_degree_lr, d, s, long_range_method, long_range_accuracy
+            )
             self.long_range_readout = MLP(d, [d, d, 1])
 
     def forward(

@@ -36,10 +36,12 @@ graph so that stresses are right. ``"pme"`` uses torch-pme's particle-mesh Ewald
 large cells.
 """
 
+import math
 from typing import List, Optional
 
 import torch
 import torchpme
+from torchpme.lib import MeshInterpolator
 
 from .layers import MLP, Update
 from .spherical import degree_index, l_factors, norm_features
@@ -70,39 +72,101 @@ def ewald_kvectors(cell: torch.Tensor, lr_wavelength: float) -> torch.Tensor:
     return torch.cat([kvectors, -kvectors], dim=0)
 
 
-class CoulombPotentials(torch.nn.Module):
-    """Multi-channel Coulomb potentials ``V = 1/2 sum q v`` for one structure at a time.
+class ChannelMeshInterpolator(MeshInterpolator):
+    """torch-pme's mesh interpolator with all charge channels spread in one operation.
 
-    :param cutoff: short-range cutoff ``r_c``; smearing is ``r_c / 4`` and the reciprocal
-        resolution ``r_c / 8``
-    :param method: ``"ewald"`` (reference k-set) or ``"pme"`` for periodic structures
-    :param mesh_spacing: PME mesh spacing; ``None`` uses ``r_c / 8``
-    :param interpolation_nodes: PME interpolation order
+    torch-pme 0.5.0 spreads the charges channel by channel with an in-place
+    ``index_put_`` on a view of the mesh, which makes the backward pass copy the whole
+    mesh once per channel and channel (quadratic in the number of channels, and LOREM has
+    10). This version accumulates every channel with a single out-of-place ``index_add``;
+    the interpolation weights and indices are torch-pme's own.
+    """
+
+    def points_to_mesh(self, particle_weights: torch.Tensor) -> torch.Tensor:
+        """Spread ``particle_weights`` of shape ``(n_points, n_channels)`` on the mesh.
+
+        :param particle_weights: tensor of shape ``(n_points, n_channels)``
+        :return: tensor of shape ``(n_channels, nx, ny, nz)``
+        """
+        n_channels = particle_weights.shape[1]
+        nx = int(self.ns_mesh[0])
+        ny = int(self.ns_mesh[1])
+        nz = int(self.ns_mesh[2])
+        stencil = (
+            self.interpolation_weights[self.x_shifts, :, 0]
+            * self.interpolation_weights[self.y_shifts, :, 1]
+            * self.interpolation_weights[self.z_shifts, :, 2]
+        )  # [n_stencil, n_points]
+        values = stencil.unsqueeze(-1) * particle_weights.unsqueeze(0)
+        index = (self.x_indices * ny + self.y_indices) * nz + self.z_indices
+        mesh = torch.zeros(
+            (nx * ny * nz, n_channels), dtype=particle_weights.dtype, device=self._device
+        ).index_add(0, index.reshape(-1), values.reshape(-1, n_channels))
+        return mesh.T.reshape(n_channels, nx, ny, nz)
+
+
+class CoulombPotentials(torch.nn.Module):
+    r"""Multi-channel Coulomb potentials ``V = 1/2 sum q v`` for one structure at a time.
+
+    The Gaussian smearing is always :math:`\sigma = r_c / 4` (the real-space sum runs
+    over the model's neighbour list at :math:`r_c`, where
+    :math:`\mathrm{erfc}(r_c / \sqrt2 \sigma) \approx 6 \times 10^{-5}`). What can be
+    chosen is how the reciprocal-space part is evaluated:
+
+    * ``accuracy=None``, ``method="ewald"``: the reference settings, :math:`\lambda = r_c/8`
+      (the Gaussian filter is :math:`\sim 10^{-9}` at the largest k-vector);
+    * ``accuracy=a``: Ewald keeps k-vectors up to :math:`k_{max}` with
+      :math:`e^{-\sigma^2 k_{max}^2 / 2} = a`, i.e. :math:`\lambda = \pi\sigma /
+      \sqrt{2 \ln(1/a)}`;
+    * ``method="pme"``: particle-mesh Ewald with mesh spacing ``sigma`` and 6-point
+      interpolation (about :math:`10^{-5}` relative error in the potentials), linear
+      scaling;
+    * ``method="auto"``: Ewald for structures with fewer than ``pme_threshold`` atoms,
+      PME above.
+
+    :param cutoff: short-range cutoff ``r_c``
+    :param method: ``"ewald"``, ``"pme"`` or ``"auto"`` for periodic structures
+    :param accuracy: target accuracy of the Ewald reciprocal sum; ``None`` for the
+        reference settings
+    :param pme_threshold: number of atoms from which ``"auto"`` uses PME
     """
 
     def __init__(
         self,
         cutoff: float,
         method: str = "ewald",
-        mesh_spacing: Optional[float] = None,
-        interpolation_nodes: int = 4,
+        accuracy: Optional[float] = None,
+        pme_threshold: int = 1000,
     ):
         super().__init__()
-        if method not in ("ewald", "pme"):
-            raise ValueError(f"unknown long-range method '{method}', use ewald or pme")
+        if method not in ("ewald", "pme", "auto"):
+            raise ValueError(f"unknown long-range method '{method}': use ewald, pme or auto")
+        if accuracy is not None and not 0 < accuracy < 1:
+            raise ValueError(f"the long-range accuracy must be in (0, 1), got {accuracy}")
         self.method = method
+        self.pme_threshold = pme_threshold
         self.smearing = cutoff / 4.0
         self.lr_wavelength = cutoff / 8.0
-        smeared = torchpme.CoulombPotential(smearing=self.smearing)
+        if accuracy is not None:
+            self.lr_wavelength = math.pi * self.smearing / math.sqrt(2 * math.log(1 / accuracy))
         self.ewald = torchpme.EwaldCalculator(
-            smeared, lr_wavelength=self.lr_wavelength, full_neighbor_list=True
+            torchpme.CoulombPotential(smearing=self.smearing),
+            lr_wavelength=self.lr_wavelength,
+            full_neighbor_list=True,
         )
-        spacing = self.lr_wavelength if mesh_spacing is None else mesh_spacing
+        interpolation_nodes = 6
         self.pme = torchpme.PMECalculator(
             torchpme.CoulombPotential(smearing=self.smearing),
-            mesh_spacing=spacing,
+            mesh_spacing=self.smearing,
             interpolation_nodes=interpolation_nodes,
             full_neighbor_list=True,
+        )
+        reference = self.pme.mesh_interpolator
+        self.pme.mesh_interpolator = ChannelMeshInterpolator(
+            cell=reference.cell,
+            ns_mesh=reference.ns_mesh,
+            interpolation_nodes=interpolation_nodes,
+            method="Lagrange",
         )
         self.direct = torchpme.Calculator(
             torchpme.CoulombPotential(smearing=None), full_neighbor_list=False
@@ -138,7 +202,10 @@ class CoulombPotentials(torch.nn.Module):
                 neighbor_indices=all_pairs.T,
                 neighbor_distances=torch.linalg.norm(vectors, dim=1),
             )
-        if self.method == "pme":
+        use_pme = self.method == "pme" or (
+            self.method == "auto" and positions.shape[0] >= self.pme_threshold
+        )
+        if use_pme:
             return self.pme(
                 charges=charges,
                 cell=cell,
@@ -164,7 +231,8 @@ class LongRange(torch.nn.Module):
     :param max_degree_lr: largest degree ``L_lr`` of the equivariant charges
     :param num_features: scalar feature size ``d``
     :param num_spherical_features: spherical channels ``s``
-    :param method: ``"ewald"`` or ``"pme"`` for periodic structures
+    :param method: ``"ewald"``, ``"pme"`` or ``"auto"`` for periodic structures
+    :param accuracy: reciprocal-space accuracy (``None``: reference settings)
     """
 
     def __init__(
@@ -175,6 +243,7 @@ class LongRange(torch.nn.Module):
         num_features: int,
         num_spherical_features: int,
         method: str = "ewald",
+        accuracy: Optional[float] = None,
     ):
         super().__init__()
         d, s = num_features, num_spherical_features
@@ -182,7 +251,7 @@ class LongRange(torch.nn.Module):
         self.max_degree_lr = max_degree_lr
         self.scalar_charge = MLP(d, [2 * d, 1])
         self.spherical_charges = TensorDense(max_degree, s, 1, max_degree_lr)
-        self.coulomb = CoulombPotentials(cutoff, method)
+        self.coulomb = CoulombPotentials(cutoff, method, accuracy)
         self.potential_dense = EquivariantLinear(max_degree_lr, 1, s)
         self.potential_tensor = TensorProduct(max_degree_lr, max_degree, max_degree, s)
         self.update = Update(1 + (max_degree + 1) * s, d)
