@@ -164,7 +164,9 @@ class TensorProduct(torch.nn.Module):
             for l3 in outputs:
                 column_path += [(l1 * shape[1] + l2) * shape[2] + l3] * (2 * l3 + 1)
                 column_out += list(range(l3 * l3, (l3 + 1) ** 2))
-            self.pairs.append((l1 * l1, 2 * l1 + 1, l2 * l2, 2 * l2 + 1, offset, matrix.shape[1]))
+            self.pairs.append(
+                (l1 * l1, 2 * l1 + 1, l2 * l2, 2 * l2 + 1, offset, matrix.shape[1])
+            )
             matrices.append(matrix.reshape(-1))
             offset += matrix.size
 
