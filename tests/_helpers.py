@@ -6,6 +6,7 @@ around :py:func:`lorem_mta.utils.predict` returning per-atom quantities.
 """
 
 import functools
+import os
 from typing import Dict, List, Optional
 
 import ase
@@ -45,7 +46,11 @@ VARIANTS: Dict[str, dict] = {
 
 
 def make_model(
-    seed: int = 0, noise: float = 0.1, spherical_gain: float = 2.0, **kwargs
+    seed: int = 0,
+    noise: float = 0.1,
+    spherical_gain: float = 2.0,
+    atomic_types: Optional[List[int]] = None,
+    **kwargs,
 ) -> LoremModel:
     """Small float64 ``LoremModel`` with every parameter perturbed by noise.
 
@@ -65,7 +70,8 @@ def make_model(
         "num_radial": 8,
     }
     options.update(kwargs)
-    model = LoremModel(LoremBackbone(**options), ATOMIC_TYPES).double()
+    backbone = LoremBackbone(**options)
+    model = LoremModel(backbone, atomic_types or ATOMIC_TYPES).double()
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(noise * torch.randn_like(parameter))
@@ -75,7 +81,7 @@ def make_model(
     return model.eval()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached_model(name: str) -> LoremModel:
     return make_model(seed=sum(map(ord, name)), **VARIANTS[name])
 
@@ -162,24 +168,45 @@ def predict_per_atom(
     """Run ``model`` on one structure requesting per-atom ``outputs`` (no gradients)."""
     system = system_from_atoms(atoms, dtype)
     attach_neighbors(model, [system])
-    requested = {
-        name: ModelOutput(sample_kind="atom") for name in (outputs or ["energy"])
-    }
+    requested = {name: ModelOutput(sample_kind="atom") for name in (outputs or ["energy"])}
     with torch.no_grad():
         return model([system], requested, selected_atoms)
 
 
+def total_energy(model: torch.nn.Module, atoms: ase.Atoms) -> float:
+    """Total energy of one structure, without building the autograd graph."""
+    system = system_from_atoms(atoms, torch.float64)
+    attach_neighbors(model, [system])
+    with torch.no_grad():
+        outputs = model([system], {"energy": ModelOutput(sample_kind="system")})
+    return float(outputs["energy"].block().values[0, 0])
+
+
 def _as_float64(x) -> torch.Tensor:
-    return torch.as_tensor(x).detach().to(torch.float64)
+    if isinstance(x, torch.Tensor):
+        return x.detach().to(torch.float64)
+    # not torch.as_tensor(x): python floats would become float32
+    return torch.from_numpy(np.array(x, dtype=np.float64))
+
+
+#: worst deviation seen by every test (filled by :py:func:`record`), for reporting
+MEASURED: Dict[str, float] = {}
+
+
+def record(value: float) -> float:
+    """Remember the worst ``value`` of the running test in :py:data:`MEASURED`."""
+    test = os.environ.get("PYTEST_CURRENT_TEST", "?").rsplit(" ", 1)[0]
+    MEASURED[test] = max(MEASURED.get(test, 0.0), float(value))
+    return value
 
 
 def relative_error(a, b) -> float:
-    """``max |a - b| / max |b|`` for tensors, arrays or numbers."""
+    """``max |a - b| / max |b|`` for tensors, arrays or numbers (recorded)."""
     a, b = _as_float64(a), _as_float64(b)
     assert a.shape == b.shape, (a.shape, b.shape)
     if b.numel() == 0:
         return 0.0
-    return float((a - b).abs().max()) / max(float(b.abs().max()), 1e-300)
+    return record(float((a - b).abs().max()) / max(float(b.abs().max()), 1e-300))
 
 
 def pair_distances(atoms: ase.Atoms, cutoff: float) -> np.ndarray:

@@ -29,7 +29,6 @@ second derivatives elsewhere, which force training needs.
 import math
 from typing import List
 
-import sphericart.torch
 import torch
 
 
@@ -79,7 +78,27 @@ def e3x_to_sphericart_permutation(max_degree: int) -> List[int]:
 
 
 class SphericalHarmonics(torch.nn.Module):
-    """Racah-normalised real spherical harmonics in sphericart order.
+    r"""Racah-normalised real spherical harmonics in sphericart order, in pure torch.
+
+    For the unit vector :math:`\hat r = (x, y, z)`, with :math:`x + i y` raised to the
+    power :math:`m` written :math:`C_m + i S_m` and the polynomials
+
+    .. math::
+
+        Q_m^m = (2m - 1)!!, \quad Q_{m+1}^m = (2m + 1) z Q_m^m, \quad
+        Q_l^m = \frac{(2l - 1) z Q_{l-1}^m - (l + m - 1) Q_{l-2}^m}{l - m},
+
+    the harmonics are :math:`Y_l^0 = Q_l^0` and, for :math:`m > 0`,
+    :math:`Y_l^{\pm m} = \sqrt{2 (l-m)! / (l+m)!}\, Q_l^m \,(C_m, S_m)`. They are
+    identical to ``sphericart.torch.SphericalHarmonics`` times
+    :math:`\sqrt{4\pi / (2l+1)}` (checked to round-off in the tests).
+
+    The recurrences are written with plain torch operations on purpose: every derivative
+    (forces, stresses, and the second derivatives of force training) then comes from
+    torch's autograd inside the exported TorchScript model. sphericart-torch registers
+    its autograd formulas from Python only, so a model using it would silently lose the
+    angular part of the forces in engines that load the model without Python (LAMMPS) or
+    without importing sphericart first.
 
     :param max_degree: largest degree ``L``
     """
@@ -87,13 +106,16 @@ class SphericalHarmonics(torch.nn.Module):
     def __init__(self, max_degree: int):
         super().__init__()
         self.max_degree = max_degree
-        self.calculator = sphericart.torch.SphericalHarmonics(max_degree)
-        scale = [
-            math.sqrt(4 * math.pi / (2 * l + 1))
-            for l in range(max_degree + 1)
-            for _ in range(2 * l + 1)
+        L = max_degree
+        # Q_m^m = (2m - 1)!!, then the three-term recurrence in l
+        self.diagonal = [float(math.prod(range(1, 2 * m, 2))) for m in range(L + 1)]
+        self.prefactors = [
+            1.0
+            if m == 0 or m > l
+            else math.sqrt(2 * math.factorial(l - m) / math.factorial(l + m))
+            for l in range(L + 1)
+            for m in range(L + 1)
         ]
-        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float64))
 
     def forward(self, vectors: torch.Tensor) -> torch.Tensor:
         """Evaluate the harmonics of the direction of non-zero ``vectors``.
@@ -101,7 +123,39 @@ class SphericalHarmonics(torch.nn.Module):
         :param vectors: tensor of shape ``(n_pairs, 3)``; must not contain zeros
         :return: tensor of shape ``(n_pairs, (L + 1)^2)``
         """
-        return self.calculator(vectors) * self.scale.to(vectors.dtype)
+        L = self.max_degree
+        unit = vectors / torch.linalg.norm(vectors, dim=-1, keepdim=True)
+        x, y, z = unit[:, 0], unit[:, 1], unit[:, 2]
+        one = torch.ones_like(x)
+        cosines: List[torch.Tensor] = [one]
+        sines: List[torch.Tensor] = [torch.zeros_like(x)]
+        for m in range(1, L + 1):
+            cosines.append(x * cosines[m - 1] - y * sines[m - 1])
+            sines.append(x * sines[m - 1] + y * cosines[m - 1])
+
+        # q[l * (L + 1) + m] = Q_l^m
+        q: List[torch.Tensor] = [one] * ((L + 1) * (L + 1))
+        for m in range(L + 1):
+            q[m * (L + 1) + m] = self.diagonal[m] * one
+            if m + 1 <= L:
+                q[(m + 1) * (L + 1) + m] = (2 * m + 1) * z * q[m * (L + 1) + m]
+            for l in range(m + 2, L + 1):
+                q[l * (L + 1) + m] = (
+                    (2 * l - 1) * z * q[(l - 1) * (L + 1) + m]
+                    - (l + m - 1) * q[(l - 2) * (L + 1) + m]
+                ) / (l - m)
+
+        columns: List[torch.Tensor] = []
+        for l in range(L + 1):
+            for m in range(-l, l + 1):
+                k = abs(m)
+                value = self.prefactors[l * (L + 1) + k] * q[l * (L + 1) + k]
+                if m > 0:
+                    value = value * cosines[k]
+                elif m < 0:
+                    value = value * sines[k]
+                columns.append(value)
+        return torch.stack(columns, dim=-1)
 
 
 def spherical_norm(x: torch.Tensor, degrees: torch.Tensor, max_degree: int) -> torch.Tensor:
