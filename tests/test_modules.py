@@ -1,0 +1,151 @@
+"""Unit tests of the building blocks: harmonics, radial basis, norms, Clebsch-Gordan."""
+
+import math
+
+import numpy as np
+import pytest
+import sphericart.torch
+import torch
+
+from lorem_mta.modules.radial import BernsteinBasis, cosine_cutoff
+from lorem_mta.modules.spherical import SphericalHarmonics, degree_index, spherical_norm
+from lorem_mta.modules.tensor_product import TensorProduct, clebsch_gordan
+
+torch.manual_seed(0)
+
+
+def _racah_scale(max_degree):
+    return torch.tensor(
+        [
+            math.sqrt(4 * math.pi / (2 * l + 1))
+            for l in range(max_degree + 1)
+            for _ in range(2 * l + 1)
+        ],
+        dtype=torch.float64,
+    )
+
+
+@pytest.mark.parametrize("max_degree", [0, 1, 3, 6, 8])
+def test_harmonics_match_sphericart(max_degree):
+    vectors = torch.randn(500, 3, dtype=torch.float64) * 3
+    ours = SphericalHarmonics(max_degree)
+    reference, reference_grad = sphericart.torch.SphericalHarmonics(
+        max_degree
+    ).compute_with_gradients(vectors)
+    scale = _racah_scale(max_degree)
+    np.testing.assert_allclose(ours(vectors), reference * scale, atol=1e-13)
+
+    # gradients of every component against sphericart's analytical ones
+    x = vectors.clone().requires_grad_(True)
+    values = ours(x)
+    for k in range(1, values.shape[1]):  # Y_00 = 1 is constant
+        (grad,) = torch.autograd.grad(values[:, k].sum(), x, retain_graph=True)
+        np.testing.assert_allclose(grad, reference_grad[:, :, k] * scale[k], atol=1e-12)
+
+
+def test_harmonics_conventions():
+    unit = torch.tensor([[0.3, -0.4, 0.5]], dtype=torch.float64)
+    unit = unit / unit.norm()
+    values = SphericalHarmonics(2)(unit * 2.7)[0]
+    x, y, z = unit[0]
+    assert values[0] == 1.0  # Racah: Y_00 = 1
+    np.testing.assert_allclose(values[1:4], [y, z, x], atol=1e-15)  # l = 1 is (y, z, x)
+    np.testing.assert_allclose(values[4:9].square().sum(), 1.0, atol=1e-15)
+    # Y_2^0 = (3 z^2 - 1) / 2, Y_2^{-2} = sqrt(3) x y
+    np.testing.assert_allclose(values[6], (3 * z**2 - 1) / 2, atol=1e-15)
+    np.testing.assert_allclose(values[4], math.sqrt(3) * x * y, atol=1e-15)
+
+
+def test_harmonics_double_backward():
+    vectors = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(SphericalHarmonics(4), (vectors,))
+    assert torch.autograd.gradgradcheck(SphericalHarmonics(4), (vectors,))
+
+
+def test_harmonics_torchscript():
+    module = torch.jit.script(SphericalHarmonics(3))
+    vectors = torch.randn(10, 3, dtype=torch.float64)
+    np.testing.assert_array_equal(module(vectors), SphericalHarmonics(3)(vectors))
+
+
+def test_bernstein_basis():
+    basis = BernsteinBasis(num_radial=8, cutoff=5.0).double()
+    r = torch.linspace(0.01, 4.99, 50, dtype=torch.float64)
+    values = basis(r)
+    # partition of unity and exact polynomial values
+    np.testing.assert_allclose(values.sum(dim=1), 1.0, atol=1e-14)
+    x = (r / 5.0).numpy()
+    expected = math.comb(7, 3) * x**3 * (1 - x) ** 4
+    np.testing.assert_allclose(values[:, 3], expected, rtol=1e-13)
+    r = r[:5].clone().requires_grad_(True)
+    assert torch.autograd.gradgradcheck(
+        lambda r: basis(r) * cosine_cutoff(r, 5.0)[:, None], (r,)
+    )
+
+
+def test_cosine_cutoff_smooth_at_cutoff():
+    r = torch.tensor([4.999999, 5.0, 5.000001, 7.0], dtype=torch.float64, requires_grad=True)
+    values = cosine_cutoff(r, 5.0)
+    assert values[1:].abs().max() == 0
+    assert values[0] < 1e-11
+    (grad,) = torch.autograd.grad(values.sum(), r)
+    assert grad.abs().max() < 1e-5
+
+
+def test_spherical_norm_safe_at_zero():
+    degrees = degree_index(2)
+    x = torch.randn(3, 9, 2, dtype=torch.float64)
+    x[1] = 0.0  # a zero block: zero value, zero (finite) gradient
+    x.requires_grad_(True)
+    norms = spherical_norm(x, degrees, 2)
+    np.testing.assert_allclose(norms[0, 1, 0].item(), x[0, 1:4, 0].norm().item(), rtol=1e-14)
+    assert norms[1].abs().max() == 0
+    (grad,) = torch.autograd.grad(norms.sum(), x, create_graph=True)
+    assert torch.isfinite(grad).all() and grad[1].abs().max() == 0
+    (second,) = torch.autograd.grad(grad.square().sum(), x)
+    assert torch.isfinite(second).all()
+    nonzero = torch.randn(2, 9, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda t: spherical_norm(t, degrees, 2), (nonzero,))
+
+
+@pytest.mark.parametrize(
+    "l1,l2,l3", [(1, 1, 0), (1, 1, 2), (2, 2, 2), (3, 2, 1), (4, 4, 6), (6, 6, 6)]
+)
+def test_clebsch_gordan_couple_harmonics(l1, l2, l3):
+    # for even paths, sum_{m1 m2} C Y_l1 Y_l2 is proportional to Y_l3 (Gaunt)
+    vectors = torch.randn(50, 3, dtype=torch.float64)
+    harmonics = SphericalHarmonics(6)(vectors).numpy()
+    block = lambda l: harmonics[:, l * l : (l + 1) ** 2]  # noqa: E731
+    coupled = np.einsum("abc,na,nb->nc", clebsch_gordan(l1, l2, l3), block(l1), block(l2))
+    ratio = (coupled * block(l3)).sum() / (block(l3) ** 2).sum()
+    np.testing.assert_allclose(coupled, ratio * block(l3), atol=1e-12)
+    assert abs(ratio) > 1e-3
+    assert np.isclose((clebsch_gordan(l1, l2, l3) ** 2).sum(), 2 * l3 + 1)
+
+
+def test_clebsch_gordan_phase():
+    # C^{110} = +delta / sqrt(3) and C^{111}[x, y, z] = +1/sqrt(2) (x, y, z = m 1, -1, 0)
+    np.testing.assert_allclose(
+        clebsch_gordan(1, 1, 0)[:, :, 0], np.eye(3) / math.sqrt(3), atol=1e-15
+    )
+    assert np.isclose(clebsch_gordan(1, 1, 1)[2, 0, 1], 1 / math.sqrt(2))
+
+
+def test_tensor_product_against_dense_reference():
+    tp = TensorProduct(2, 3, 3, 4).double()
+    with torch.no_grad():
+        tp.weight.normal_()
+    x = torch.randn(5, 9, 4, dtype=torch.float64)
+    y = torch.randn(5, 16, 4, dtype=torch.float64)
+    expected = torch.zeros(5, 16, 4, dtype=torch.float64)
+    for l1 in range(3):
+        for l2 in range(4):
+            for l3 in range(4):
+                if (l1 + l2 + l3) % 2 or not abs(l1 - l2) <= l3 <= l1 + l2:
+                    continue
+                cg = torch.tensor(clebsch_gordan(l1, l2, l3))
+                xb, yb = x[:, l1 * l1 : (l1 + 1) ** 2], y[:, l2 * l2 : (l2 + 1) ** 2]
+                expected[:, l3 * l3 : (l3 + 1) ** 2] += tp.weight[l1, l2, l3] * torch.einsum(
+                    "abc,naf,nbf->ncf", cg, xb, yb
+                )
+    np.testing.assert_allclose(tp(x, y).detach(), expected.detach(), atol=1e-12)
