@@ -13,9 +13,14 @@ they are created, so the name of every leaf follows from the hyperparameters alo
 * the Clebsch-Gordan coefficients are built to be identical to e3x's once the ``m``
   order is converted, and weights never carry an ``m`` index, so no weight needs a
   permutation or a sign change.
+
+Two inputs are accepted: a flattened ``.npz`` (``param/<flax path>`` leaves and
+``hypers_json``, see :py:func:`read_jax_npz`) and a checkpoint of a lorem-jax training run
+(``lorem-train``, see :py:mod:`lorem_mta.jax_run`).
 """
 
 import json
+import os
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -41,6 +46,13 @@ JAX_DEFAULTS = {
 }
 
 BACKBONE_HYPERS = [k for k in JAX_DEFAULTS if k not in ("cutoff_fn", "radial_basis")]
+
+
+class ParameterMismatchError(ValueError, RuntimeError):
+    """Parameters whose shapes do not fit the hyperparameters.
+
+    Also a ``RuntimeError``, which ``torch.nn.Module.load_state_dict`` raised before.
+    """
 
 
 class _Counter:
@@ -115,6 +127,16 @@ def flax_names(hypers: Dict) -> List[Tuple[str, str, str]]:
     return pairs
 
 
+class _Leaves(dict):
+    """Parameter leaves with a clear error for a missing one."""
+
+    def __missing__(self, key: str):
+        raise KeyError(
+            f"the lorem-jax parameters have no leaf '{key}': the hyperparameters do not "
+            "match the parameters"
+        )
+
+
 def _e3x_dense(params: Dict[str, np.ndarray], prefix: str) -> np.ndarray:
     kernels = []
     l = 0
@@ -149,6 +171,7 @@ def jax_to_state_dict(params: Dict[str, np.ndarray], hypers: Dict) -> Dict[str, 
     :return: state dict for :py:class:`~lorem_mta.modules.LoremBackbone` (float64)
     :raises KeyError: if a leaf is missing or some leaves are not used
     """
+    params = _Leaves(params)
     state: Dict[str, np.ndarray] = {}
     for flax, torch_name, kind in flax_names(hypers):
         if kind == "embed":
@@ -239,39 +262,87 @@ def backbone_from_jax(
     """
     model = LoremBackbone(**backbone_hypers(hypers)).to(torch.float64)
     state = jax_to_state_dict(params, hypers)
-    missing = {k for k, _ in model.named_parameters()} - set(state)
+    expected = dict(model.named_parameters())
+    missing = set(expected) - set(state)
     if missing:
         raise KeyError(f"parameters missing from the lorem-jax tree: {sorted(missing)}")
+    wrong = [
+        f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
+        for k, v in state.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    if wrong:
+        raise ParameterMismatchError(
+            "the hyperparameters do not match the parameters, wrong shapes: "
+            + ", ".join(wrong[:3])
+            + (f" and {len(wrong) - 3} more" if len(wrong) > 3 else "")
+        )
     model.load_state_dict(state, strict=False)
     return model.to(dtype or torch.float64).eval()
+
+
+# -- lorem-jax training runs -------------------------------------------------------------
+
+
+#: the files of a checkpoint's ``model/`` folder (marathon ``emit.checkpoint.save``)
+def read_jax(
+    path: str, checkpoint: Optional[str] = None
+) -> Tuple[Dict[str, np.ndarray], Dict, Optional[Dict[int, float]]]:
+    """Read lorem-jax parameters from a ``.npz`` export or a training run.
+
+    :param path: ``.npz`` file (see :py:func:`read_jax_npz`) or training run (see
+        :py:func:`lorem_mta.jax_run.find_jax_checkpoint`)
+    :param checkpoint: checkpoint name for a ``run/`` or experiment folder
+    :return: parameters, hyperparameters and the energy baseline (``None`` for ``.npz``)
+    """
+    if os.path.isfile(path) and os.path.basename(path) != "model.msgpack":
+        if checkpoint is not None:
+            raise ValueError("checkpoint only applies to lorem-jax training runs")
+        params, hypers = read_jax_npz(path)
+        return params, hypers, None
+    from .jax_run import read_jax_run
+
+    return read_jax_run(path, checkpoint)
 
 
 def model_from_jax(
     path: str,
     atomic_types: Optional[List[int]] = None,
     dtype: torch.dtype = torch.float64,
+    checkpoint: Optional[str] = None,
 ):
-    """Build a :py:class:`~lorem_mta.model.LoremModel` from a lorem-jax parameter file.
+    """Build a :py:class:`~lorem_mta.model.LoremModel` from lorem-jax parameters.
 
-    :param path: ``.npz`` with ``param/<flax path>`` leaves and ``hypers_json``
-    :param atomic_types: atomic numbers the model accepts; by default every element of
-        the species embedding table (1-99)
+    :param path: ``.npz`` with ``param/<flax path>`` leaves and ``hypers_json``, or a
+        lorem-jax training run (checkpoint, ``run/`` or experiment folder, see
+        :py:func:`lorem_mta.jax_run.find_jax_checkpoint`)
+    :param atomic_types: atomic numbers the model accepts; by default the species of the
+        run's energy baseline (the species it was trained on), or every element of the
+        species embedding table (1-99) for a ``.npz``
     :param dtype: dtype of the model
-    :return: the model, in eval mode
+    :param checkpoint: checkpoint name for a ``run/`` or experiment folder
+    :return: the model, in eval mode; for a run, its energies include the baseline
     """
     from .model import LoremModel
 
-    params, hypers = read_jax_npz(path)
+    params, hypers, baseline = read_jax(path, checkpoint)
     backbone = backbone_from_jax(params, hypers, dtype)
     n_embedded = params["Initial_0/ChemicalEmbedding_0/Embed_0/embedding"].shape[0]
     if atomic_types is None:
-        atomic_types = list(range(1, n_embedded))
+        atomic_types = sorted(baseline) if baseline else list(range(1, n_embedded))
     bad = [t for t in atomic_types if not 0 < t < n_embedded]
     if bad:
         raise ValueError(
             f"atomic types {bad} are outside the species embedding (1..{n_embedded - 1})"
         )
-    return LoremModel(backbone, atomic_types).to(dtype).eval()
+    if baseline is not None:
+        unknown = sorted(set(atomic_types) - set(baseline))
+        if unknown:
+            raise ValueError(
+                f"atomic types {unknown} have no energy baseline: the run was trained on "
+                f"{sorted(baseline)}"
+            )
+    return LoremModel(backbone, atomic_types, baseline).to(dtype).eval()
 
 
 def convert_jax(
@@ -280,16 +351,20 @@ def convert_jax(
     dtype: torch.dtype = torch.float32,
     atomic_types: Optional[List[int]] = None,
     extensions: Optional[str] = None,
+    checkpoint: Optional[str] = None,
 ) -> None:
-    """Convert a lorem-jax parameter file into an exported metatomic model.
+    """Convert lorem-jax parameters into an exported metatomic model.
 
-    :param path: ``.npz`` with ``param/<flax path>`` leaves and ``hypers_json``
+    :param path: ``.npz`` with ``param/<flax path>`` leaves and ``hypers_json``, or a
+        lorem-jax training run (see :py:func:`lorem_mta.jax_run.find_jax_checkpoint`)
     :param output: exported model file, e.g. ``model.pt``
     :param dtype: dtype of the exported model
-    :param atomic_types: atomic numbers the model accepts (default: 1-99)
+    :param atomic_types: atomic numbers the model accepts (default: the species of a
+        run's baseline, 1-99 for a ``.npz``)
     :param extensions: folder for the compiled extensions the model needs
+    :param checkpoint: checkpoint name for a ``run/`` or experiment folder
     """
     from .model import export
 
-    model = model_from_jax(path, atomic_types, torch.float64)
+    model = model_from_jax(path, atomic_types, torch.float64, checkpoint)
     export(model, output, dtype, collect_extensions=extensions)

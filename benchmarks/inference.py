@@ -1,0 +1,154 @@
+"""Inference benchmark: energy + forces of LOREM (paper hyperparameters) on periodic NaCl.
+
+Compares, in the same run and on the same structures,
+
+* lorem_mta with the reference Ewald settings (exact lorem-jax parity),
+* lorem_mta with an accuracy-driven Ewald resolution (``long_range_accuracy``),
+* lorem_mta with PME,
+* lorem_mta without the long-range block,
+* lorem-jax 0.2.0 (jitted, run from ``.venv-jax`` if present; see setup-jax-venv.sh),
+
+and prints medians, ratios, the short-/long-range split and peak memory. Also reports the
+energy/force error of the fast settings against the reference mode.
+
+Usage::
+
+    OMP_NUM_THREADS=2 python benchmarks/inference.py --sizes 2,3,4,5 --dtype float32
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import ase.build
+import numpy as np
+import torch
+
+from lorem_mta.model import LoremModel
+from lorem_mta.modules import LoremBackbone
+from lorem_mta.utils import predict
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+JAX_PYTHON = os.path.join(HERE, "..", ".venv-jax", "bin", "python")
+
+VARIANTS = {
+    "ewald-ref": {"long_range_method": "ewald"},
+    "ewald-1e-5": {"long_range_method": "ewald", "long_range_accuracy": 1e-5},
+    "pme": {"long_range_method": "pme"},
+    "no-lr": {"lr": False},
+}
+
+
+def nacl(size):
+    atoms = ase.build.bulk("NaCl", "rocksalt", a=5.64, cubic=True).repeat(size)
+    atoms.rattle(0.05, seed=0)
+    return atoms
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def time_model(model, atoms, dtype, repeats):
+    result = predict(model, [atoms], dtype)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = predict(model, [atoms], dtype)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), result
+
+
+def run_jax(sizes, repeats, no_lr):
+    if not os.path.exists(JAX_PYTHON):
+        return {}
+    command = [
+        JAX_PYTHON,
+        os.path.join(HERE, "jax_inference.py"),
+        "--sizes",
+        ",".join(str(s) for s in sizes),
+        "--repeats",
+        str(repeats),
+    ]
+    if no_lr:
+        command.append("--no-lr")
+    env = {**os.environ, "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=true"}
+    process = subprocess.run(command, capture_output=True, text=True, env=env)
+    records = {}
+    for line in process.stdout.splitlines():
+        if line.startswith("{"):
+            record = json.loads(line)
+            records[record["n_atoms"]] = record
+    return records
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="2,3,4")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--no-jax", action="store_true")
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    torch.set_num_threads(int(threads) if threads.isdigit() else 2)
+    print(f"# OMP_NUM_THREADS={threads}, torch threads={torch.get_num_threads()}, {args.dtype}")
+
+    torch.manual_seed(0)
+    reference = LoremBackbone()
+    models = {}
+    for name in args.variants.split(","):
+        backbone = LoremBackbone(**VARIANTS[name])
+        backbone.load_state_dict(reference.state_dict(), strict=False)
+        models[name] = LoremModel(backbone, [11, 17]).to(dtype)
+
+    jax_lr, jax_sr = {}, {}
+    if not args.no_jax:
+        jax_lr = run_jax(sizes, args.repeats, no_lr=False)
+        jax_sr = run_jax(sizes, args.repeats, no_lr=True)
+
+    header = ["N"] + [f"{n} (s)" for n in models] + ["jax (s)", "jax no-lr (s)"]
+    header += ["jax / ewald-ref", "jax / fastest", "LR share", "fast dE/atom", "fast max dF"]
+    print(" | ".join(header))
+    for size in sizes:
+        atoms = nacl(size)
+        timings, results = {}, {}
+        for name, model in models.items():
+            try:
+                timings[name], results[name] = time_model(model, atoms, dtype, args.repeats)
+            except RuntimeError as error:  # out of memory
+                timings[name] = float("nan")
+                print(f"# {name} failed at {len(atoms)} atoms: {str(error)[:100]}")
+        jax_time = jax_lr.get(len(atoms), {}).get("median_s", float("nan"))
+        jax_sr_time = jax_sr.get(len(atoms), {}).get("median_s", float("nan"))
+        with_lr = [n for n in timings if n != "no-lr" and np.isfinite(timings[n])]
+        fastest = min(with_lr, key=lambda n: timings[n]) if with_lr else None
+        share = float("nan")
+        if "no-lr" in timings and fastest is not None:
+            share = 1 - timings["no-lr"] / timings[fastest]
+        error_e = error_f = float("nan")
+        if fastest is not None and "ewald-ref" in results and fastest != "ewald-ref":
+            ref, fast = results["ewald-ref"], results[fastest]
+            error_e = abs(float(ref.energies[0] - fast.energies[0])) / len(atoms)
+            error_f = float((ref.forces[0] - fast.forces[0]).abs().max())
+        row = [str(len(atoms))] + [f"{timings[n]:.3f}" for n in models]
+        row += [f"{jax_time:.3f}", f"{jax_sr_time:.3f}"]
+        row += [
+            f"{jax_time / timings.get('ewald-ref', float('nan')):.1f}",
+            f"{jax_time / timings[fastest]:.1f} ({fastest})" if fastest else "nan",
+            f"{share:.0%}",
+            f"{error_e:.1e}",
+            f"{error_f:.1e}",
+        ]
+        print(" | ".join(row), flush=True)
+    print(f"# peak RSS {peak_rss_mb():.0f} MB")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
