@@ -5,7 +5,7 @@ goes through with a trained model:
 
 1. build the LOREM network with the paper's hyperparameters (random weights here;
    ``lorem-mta convert-jax`` or training give real ones);
-2. export it as a metatomic ``AtomisticModel`` (TorchScript file + extensions);
+2. export it as a metatomic ``AtomisticModel`` (a self-contained TorchScript file);
 3. load the exported file in ASE through metatomic-ase's ``MetatomicCalculator`` and run
    velocity-Verlet molecular dynamics of a rattled 64-atom rock-salt NaCl cell, printing
    energies and the total-energy drift.
@@ -45,14 +45,13 @@ def main():
 
     # 2. export (float64 so that the energy drift reflects the integrator only)
     path = os.path.join(args.output, "model.pt")
-    extensions = os.path.join(args.output, "extensions")
-    export(model, path, dtype=torch.float64, collect_extensions=extensions)
+    export(model, path, dtype=torch.float64)
     print(f"exported {path}")
 
     # 3. NVE molecular dynamics in ASE
     atoms = ase.build.bulk("NaCl", "rocksalt", a=5.64, cubic=True).repeat((2, 2, 2))
     atoms.rattle(0.05, seed=42)
-    atoms.calc = MetatomicCalculator(path, extensions_directory=extensions)
+    atoms.calc = MetatomicCalculator(path)
     thermalize_momenta(atoms, temperature_K=300, rng=np.random.default_rng(0))
 
     dynamics = VelocityVerlet(atoms, timestep=0.5 * units.fs)
