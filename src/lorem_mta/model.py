@@ -154,16 +154,25 @@ class LoremModel(torch.nn.Module):
             pair_ptr.append(pair_ptr[-1] + vectors.shape[0])
 
         types = torch.cat(types_list).to(torch.long)
+        positions = torch.cat(positions_list)
+        cells = torch.stack(cells_list)
+        mask = torch.ones(types.shape[0], dtype=torch.bool, device=device)
+        lr_atoms: Optional[torch.Tensor] = None
+        if selected_atoms is not None:
+            mask = self._selection_mask(selected_atoms, atom_ptr, types.shape[0], device)
+            if self.has_long_range:
+                lr_atoms = ~self._periodic_ghosts(positions, cells, mask, atom_ptr, periodic)
         output = self.backbone(
             types,
-            torch.cat(positions_list),
+            positions,
             torch.cat(centers_list),
             torch.cat(neighbors_list),
             torch.cat(vectors_list),
-            torch.stack(cells_list),
+            cells,
             atom_ptr,
             pair_ptr,
             periodic,
+            lr_atoms,
         )
 
         system_index = torch.cat(
@@ -175,9 +184,6 @@ class LoremModel(torch.nn.Module):
         atom_index = torch.cat(
             [torch.arange(len(s), dtype=torch.int32, device=device) for s in systems]
         )
-        mask = torch.ones(types.shape[0], dtype=torch.bool, device=device)
-        if selected_atoms is not None:
-            mask = self._selection_mask(selected_atoms, atom_ptr, types.shape[0], device)
         samples = Labels(
             ["system", "atom"], torch.stack([system_index, atom_index], dim=1)[mask]
         )
@@ -277,6 +283,37 @@ class LoremModel(torch.nn.Module):
         mask = torch.zeros(n_atoms, dtype=torch.bool, device=device)
         mask[index] = True
         return mask
+
+    def _periodic_ghosts(
+        self,
+        positions: torch.Tensor,
+        cells: torch.Tensor,
+        selected: torch.Tensor,
+        atom_ptr: List[int],
+        periodic: List[bool],
+    ) -> torch.Tensor:
+        """Unselected atoms that are periodic images of selected atoms (ghosts).
+
+        Domain-decomposing engines (LAMMPS) add periodic images of the atoms of the cell
+        as extra "ghost" atoms and select the real ones. Ghosts must not enter the Ewald
+        sum: the images are already there through the lattice sum. Unselected atoms
+        that are not images of selected ones (a plain sub-selection of a structure)
+        keep their charges.
+        """
+        ghosts = torch.zeros_like(selected)
+        for k in range(len(atom_ptr) - 1):
+            a0, a1 = atom_ptr[k], atom_ptr[k + 1]
+            if not periodic[k] or bool(selected[a0:a1].all()):
+                continue
+            cell = cells[k].detach()
+            fractional = positions[a0:a1].detach() @ torch.linalg.inv(cell)
+            local = selected[a0:a1]
+            delta = fractional[~local].unsqueeze(1) - fractional[local].unsqueeze(0)
+            delta = (delta - torch.round(delta)) @ cell  # [n_unselected, n_selected, 3]
+            is_image = (torch.linalg.norm(delta, dim=-1) < 1e-4).any(dim=1)
+            unselected = torch.nonzero(~local).reshape(-1) + a0
+            ghosts[unselected] = is_image
+        return ghosts
 
     def _scalar_output(
         self,
