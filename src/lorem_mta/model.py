@@ -412,7 +412,6 @@ def default_metadata() -> ModelMetadata:
             ],
             "implementation": [
                 "torch-pme: Loche et al., J. Chem. Phys. 162, 142501 (2025)",
-                "sphericart: Bigi et al., J. Chem. Phys. 159, 064802 (2023)",
             ],
         },
     )
@@ -448,7 +447,7 @@ def export(
     :param path: output file, e.g. ``model.pt``
     :param dtype: dtype of the exported model
     :param collect_extensions: folder where the compiled extensions the model needs
-        (sphericart) are copied; engines load them from there
+        are copied (LOREM itself needs none; this collects any other loaded extension)
     :return: the atomistic model that was saved
     """
     wrapped = atomistic_model(model, dtype)

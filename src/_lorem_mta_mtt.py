@@ -1,0 +1,164 @@
+"""Register ``lorem_mta`` with metatrain's ``mtt`` as ``experimental.lorem_mta``.
+
+metatrain 2026.4 only finds architectures inside its own package: it imports
+``metatrain.<name>`` and ``metatrain.<name>.documentation``, and
+``find_all_architectures()`` lists the folders of the package (it is called on every
+checkpoint load, including the final reload of ``mtt train``). This stdlib-only module
+(importing it imports neither torch, metatrain nor ``lorem_mta``) installs an import hook
+that
+
+* makes ``metatrain.experimental.lorem_mta`` an alias of :py:mod:`lorem_mta.architecture`
+  and ``metatrain.experimental.lorem_mta.documentation`` an alias of
+  :py:mod:`lorem_mta.documentation` (the alias modules get a copy of the namespace);
+* wraps ``find_all_architectures`` (in ``metatrain.utils.architectures`` and in the copy
+  ``metatrain.utils.io`` imported by name) so that it also returns
+  ``experimental.lorem_mta``, and ``preload_documentation_module`` so that the JSON
+  schema of the training options can be generated.
+
+``lorem_mta_mtt.pth`` (installed at the root of site-packages) calls :py:func:`register`
+at interpreter start-up, so the plain ``mtt`` command works. ``lorem-mtt`` (this module's
+:py:func:`main`) does the same for interpreters that skip ``.pth`` files (``python -S``).
+
+Written against metatrain 2026.4.1 (the dependency is pinned to ``<2026.5``); switch to an
+upstream registration mechanism once metatrain has one (metatrain issue #879).
+"""
+
+import functools
+import importlib
+import importlib.abc
+import importlib.machinery
+import sys
+
+#: name of the architecture in metatrain options files and checkpoints
+ARCHITECTURE_NAME = "experimental.lorem_mta"
+
+_ALIASES = {
+    "metatrain." + ARCHITECTURE_NAME: "lorem_mta.architecture",
+    "metatrain." + ARCHITECTURE_NAME + ".documentation": "lorem_mta.documentation",
+}
+_ARCHITECTURES_MODULE = "metatrain.utils.architectures"
+_MARKER = "_lorem_mta_mtt_hook"
+# module attributes that belong to the alias itself and must not be copied over
+_MODULE_DUNDERS = {
+    "__name__",
+    "__spec__",
+    "__loader__",
+    "__package__",
+    "__path__",
+    "__file__",
+    "__cached__",
+    "__builtins__",
+}
+
+
+class _AliasLoader(importlib.abc.Loader):
+    """Fill the alias module with the namespace of the real module."""
+
+    def __init__(self, target: str):
+        self.target = target
+
+    def create_module(self, spec):  # noqa: D102
+        return None  # default module creation
+
+    def exec_module(self, module):  # noqa: D102
+        real = importlib.import_module(self.target)
+        for name, value in vars(real).items():
+            if name not in _MODULE_DUNDERS:
+                setattr(module, name, value)
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    """Run metatrain's real loader, then patch the module it created."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):  # noqa: D102
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):  # noqa: D102
+        self.loader.exec_module(module)
+        _patch_architectures(module)
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    """Resolve the alias modules and intercept ``metatrain.utils.architectures``."""
+
+    def find_spec(self, fullname, path, target=None):  # noqa: D102
+        if fullname in _ALIASES:
+            return importlib.machinery.ModuleSpec(
+                fullname,
+                _AliasLoader(_ALIASES[fullname]),
+                is_package=not fullname.endswith(".documentation"),
+            )
+        if fullname == _ARCHITECTURES_MODULE:
+            for finder in sys.meta_path:
+                if getattr(finder, _MARKER, False) or not hasattr(finder, "find_spec"):
+                    continue
+                spec = finder.find_spec(fullname, path, target)
+                if spec is not None:
+                    if spec.loader is not None:
+                        spec.loader = _PatchingLoader(spec.loader)
+                    return spec
+        return None
+
+
+setattr(_Finder, _MARKER, True)
+
+
+def _patch_architectures(module) -> None:
+    """Make ``module.find_all_architectures`` also return ``experimental.lorem_mta``."""
+    original = module.find_all_architectures
+    if not getattr(original, _MARKER, False):
+
+        @functools.wraps(original)
+        def find_all_architectures():
+            names = original()
+            if ARCHITECTURE_NAME not in names:
+                names.append(ARCHITECTURE_NAME)
+            return names
+
+        setattr(find_all_architectures, _MARKER, True)
+        module.find_all_architectures = find_all_architectures
+
+    original_preload = module.preload_documentation_module
+    if not getattr(original_preload, _MARKER, False):
+
+        @functools.wraps(original_preload)
+        def preload_documentation_module(name):
+            if name == ARCHITECTURE_NAME:
+                # there is no documentation.py file under metatrain's package root
+                return importlib.import_module(f"metatrain.{name}.documentation")
+            return original_preload(name)
+
+        setattr(preload_documentation_module, _MARKER, True)
+        module.preload_documentation_module = preload_documentation_module
+
+    # metatrain.utils.io did `from .architectures import find_all_architectures`
+    io = sys.modules.get("metatrain.utils.io")
+    if io is not None:
+        io.find_all_architectures = module.find_all_architectures
+
+
+def register() -> None:
+    """Install the import hook (idempotent; cheap, imports nothing heavy)."""
+    if not any(getattr(finder, _MARKER, False) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _Finder())
+    architectures = sys.modules.get(_ARCHITECTURES_MODULE)
+    if architectures is not None and hasattr(architectures, "find_all_architectures"):
+        _patch_architectures(architectures)
+
+
+def main():
+    """``lorem-mtt``: metatrain's ``mtt`` command with ``lorem_mta`` registered.
+
+    :return: what metatrain's entry point returns
+    """
+    register()
+    from metatrain.__main__ import main as mtt_main
+
+    return mtt_main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,388 @@
+"""metatrain model interface of LOREM: :py:class:`LoremMta`.
+
+A thin layer over :py:class:`lorem_mta.model.LoremModel`, which it holds as the
+sub-module ``lorem`` and calls for the network itself (system flattening, input
+validation, periodic and non-periodic structures in one batch, ``selected_atoms``). This
+module adds what metatrain needs around it: one energy-like target with any name, the
+composition baseline and the scaler (applied in evaluation mode, as in metatrain's PET
+and SOAP-BPNN), checkpoints and export.
+"""
+
+import logging
+from typing import Any, Dict, List, Literal, Optional
+
+import metatensor.torch as mts
+import torch
+from metatensor.torch import Labels, TensorMap
+from metatomic.torch import (
+    AtomisticModel,
+    ModelCapabilities,
+    ModelMetadata,
+    ModelOutput,
+    NeighborListOptions,
+    System,
+)
+from metatrain.composition import CompositionModel
+from metatrain.scaler import Scaler
+from metatrain.utils.abc import ModelInterface
+from metatrain.utils.architectures import get_default_hypers
+from metatrain.utils.data import DatasetInfo, TargetInfo
+from metatrain.utils.dtype import dtype_to_str
+from metatrain.utils.hypers import init_with_defaults, raise_if_hypers_mismatch
+from metatrain.utils.metadata import merge_metadata
+
+from ..documentation import ModelHypers
+from ..model import LoremModel, capabilities, default_metadata
+from ..modules import LoremBackbone
+from . import checkpoints
+
+#: name of the architecture in metatrain (options files and checkpoints)
+ARCHITECTURE_NAME = "experimental.lorem_mta"
+
+
+class LoremMta(ModelInterface[ModelHypers]):
+    """LOREM as a metatrain architecture.
+
+    :param hypers: model hyperparameters, see
+        :py:class:`lorem_mta.documentation.ModelHypers`
+    :param dataset_info: atomic types, length unit and the (single, energy-like) target
+    """
+
+    __checkpoint_version__ = 1
+    __supported_devices__ = ["cuda", "cpu"]
+    __supported_dtypes__ = [torch.float32, torch.float64]
+    __default_metadata__ = default_metadata()
+
+    def __init__(self, hypers: ModelHypers, dataset_info: DatasetInfo) -> None:
+        # missing entries (when used from Python) take their default value
+        hypers = {**init_with_defaults(ModelHypers), **hypers}
+        super().__init__(hypers, dataset_info, self.__default_metadata__)
+        _check_hypers(self.hypers)
+        self.target_name = _energy_target(dataset_info.targets)
+        self.atomic_types: List[int] = list(dataset_info.atomic_types)
+
+        backbone = LoremBackbone(
+            cutoff=float(self.hypers["cutoff"]),
+            max_degree=int(self.hypers["max_degree"]),
+            max_degree_lr=int(self.hypers["max_degree_lr"]),
+            num_features=int(self.hypers["num_features"]),
+            num_radial=int(self.hypers["num_radial"]),
+            num_species=int(self.hypers["num_species"]),
+            num_spherical_features=int(self.hypers["num_spherical_features"]),
+            lr=bool(self.hypers["lr"]),
+            num_message_passing=int(self.hypers["num_message_passing"]),
+            equivariant_message_passing=bool(self.hypers["equivariant_message_passing"]),
+            initialize_node_features=bool(self.hypers["initialize_node_features"]),
+            long_range_method=str(self.hypers["long_range_method"]),
+            long_range_accuracy=(
+                None
+                if self.hypers["long_range_accuracy"] is None
+                else float(self.hypers["long_range_accuracy"])
+            ),
+        )
+        # the network (its own `atomic_baseline` stays zero: the composition model below
+        # is the baseline)
+        self.lorem = LoremModel(backbone, self.atomic_types)
+
+        target_info = dataset_info.targets[self.target_name]
+        self.outputs: Dict[str, ModelOutput] = {
+            self.target_name: ModelOutput(
+                unit=target_info.unit,
+                sample_kind="atom",
+                description=target_info.description,
+            )
+        }
+        for name, output in self.lorem.outputs().items():
+            if name != "energy":
+                self.outputs[name] = output
+
+        # additive models and scaler: fitted by the trainer, applied in eval mode
+        self.additive_models = torch.nn.ModuleList(
+            [CompositionModel.from_valid_targets(dataset_info, self.atomic_types)]
+        )
+        self.scaler = Scaler(
+            hypers=get_default_hypers("scaler")["model"], dataset_info=dataset_info
+        )
+        self.has_new_targets = False
+
+    def supported_outputs(self) -> Dict[str, ModelOutput]:
+        """Outputs of this model: the energy target, ``feature`` and the ``lorem::`` ones.
+
+        :return: dictionary of output name to :py:class:`ModelOutput`
+        """
+        return self.outputs
+
+    def requested_neighbor_lists(self) -> List[NeighborListOptions]:
+        """The neighbour list of :py:class:`~lorem_mta.model.LoremModel`.
+
+        :return: list with one full, strict neighbour list at the cutoff
+        """
+        return self.lorem.requested_neighbor_lists()
+
+    def forward(
+        self,
+        systems: List[System],
+        outputs: Dict[str, ModelOutput],
+        selected_atoms: Optional[Labels] = None,
+    ) -> Dict[str, TensorMap]:
+        """Compute the requested outputs.
+
+        In training mode the energy target is the raw network output (the trainer
+        removes the baseline and the scale from the targets instead); in evaluation mode
+        the scaler and the composition baseline are applied.
+
+        :param systems: systems with the neighbour list of
+            :py:meth:`requested_neighbor_lists` attached
+        :param outputs: requested outputs (names from :py:meth:`supported_outputs`)
+        :param selected_atoms: optional ``system, atom`` labels of the atoms to compute
+            the outputs for
+        :return: one TensorMap per requested output
+        """
+        lorem_outputs: Dict[str, ModelOutput] = {}
+        for name, request in outputs.items():
+            if name == self.target_name:
+                lorem_outputs["energy"] = request
+            elif name in self.outputs or name == "features":
+                lorem_outputs[name] = request
+            else:
+                raise ValueError(
+                    "LOREM cannot compute the output '"
+                    + name
+                    + "'; available outputs: "
+                    + str(list(self.outputs.keys()))
+                )
+        results = self.lorem(systems, lorem_outputs, selected_atoms)
+
+        return_dict: Dict[str, TensorMap] = {}
+        for name, tensor_map in results.items():
+            if name == "energy":
+                return_dict[self.target_name] = tensor_map
+            else:
+                return_dict[name] = tensor_map
+
+        if not self.training:
+            return_dict = self.scaler.apply_scales(
+                systems,
+                return_dict,
+                selected_atoms=selected_atoms,
+                use_per_target_scales=True,
+                use_per_property_scales=True,
+            )
+            for additive_model in self.additive_models:
+                additive_outputs: Dict[str, ModelOutput] = {}
+                for name, request in outputs.items():
+                    if name in additive_model.outputs:
+                        additive_outputs[name] = request
+                contributions = additive_model(systems, additive_outputs, selected_atoms)
+                for name, contribution in contributions.items():
+                    values = return_dict[name].block().values
+                    return_dict[name] = mts.add(
+                        return_dict[name],
+                        contribution.to(device=values.device, dtype=values.dtype),
+                    )
+        return return_dict
+
+    def restart(
+        self, dataset_info: DatasetInfo, model_hypers: Optional[Dict[str, Any]] = None
+    ) -> "LoremMta":
+        """Prepare to continue training (restart or fine-tuning) on ``dataset_info``.
+
+        :param dataset_info: the new dataset; same atomic types (or a subset) and the
+            same energy target
+        :param model_hypers: model hyperparameters of the new run, if given they must
+            match the ones of this model
+        :return: this model
+        """
+        if model_hypers is not None:
+            raise_if_hypers_mismatch(
+                self.hypers,
+                model_hypers,
+                default_hypers=init_with_defaults(ModelHypers),
+            )
+        new_types = sorted(set(dataset_info.atomic_types) - set(self.atomic_types))
+        if len(new_types) > 0:
+            raise ValueError(
+                f"the dataset contains atomic types {new_types} that this LOREM model "
+                f"was not trained on (it knows {self.atomic_types}); adding atomic "
+                "types is not supported"
+            )
+        new_target = _energy_target(dataset_info.targets)
+        if new_target != self.target_name:
+            raise ValueError(
+                f"this LOREM model was trained on the target '{self.target_name}' but "
+                f"the dataset provides '{new_target}'; rename the target in the options "
+                "file (LOREM learns exactly one energy target)"
+            )
+        self.dataset_info = self.dataset_info.union(dataset_info)
+        self.has_new_targets = False
+        self.additive_models[0] = self.additive_models[0].restart(
+            dataset_info=DatasetInfo(
+                length_unit=dataset_info.length_unit,
+                atomic_types=self.atomic_types,
+                targets={
+                    name: info
+                    for name, info in dataset_info.targets.items()
+                    if CompositionModel.is_valid_target(name, info)
+                },
+            )
+        )
+        self.scaler = self.scaler.restart(dataset_info)
+        return self
+
+    @classmethod
+    def load_checkpoint(
+        cls,
+        checkpoint: Dict[str, Any],
+        context: Literal["restart", "finetune", "export"],
+    ) -> "LoremMta":
+        """Create a model from a checkpoint written by :py:meth:`get_checkpoint`.
+
+        :param checkpoint: the checkpoint dictionary
+        :param context: ``"restart"`` loads the latest weights, ``"finetune"`` and
+            ``"export"`` the best ones
+        :return: the model
+        """
+        if context == "restart":
+            logging.info(f"Using latest model from epoch {checkpoint['epoch']}")
+            state_dict = checkpoint["model_state_dict"]
+        elif context in ("finetune", "export"):
+            logging.info(f"Using best model from epoch {checkpoint['best_epoch']}")
+            state_dict = checkpoint["best_model_state_dict"]
+            if state_dict is None:  # no epoch was run
+                state_dict = checkpoint["model_state_dict"]
+        else:
+            raise ValueError(f"unknown context '{context}' for checkpoint loading")
+
+        model_data = checkpoint["model_data"]
+        model = cls(model_data["model_hypers"], model_data["dataset_info"])
+        dtype = next(
+            value.dtype
+            for name, value in state_dict.items()
+            if name.startswith("lorem.") and value.is_floating_point()
+        )
+        # the network in its training dtype, baseline and scaler in float64
+        model.to(dtype)
+        model.additive_models.to(torch.float64)
+        model.scaler.to(torch.float64)
+        model.load_state_dict(state_dict)
+        model.additive_models[0].sync_tensor_maps()
+        model.scaler.sync_tensor_maps()
+        model.metadata = merge_metadata(model.metadata, checkpoint.get("metadata"))
+        return model
+
+    def get_checkpoint(self) -> Dict[str, Any]:
+        """Everything :py:meth:`load_checkpoint` needs to rebuild this model.
+
+        :return: the checkpoint dictionary
+        """
+        return {
+            "architecture_name": ARCHITECTURE_NAME,
+            "model_ckpt_version": self.__checkpoint_version__,
+            "metadata": self.metadata,
+            "model_data": {
+                "model_hypers": self.hypers,
+                "dataset_info": self.dataset_info,
+            },
+            "epoch": None,
+            "best_epoch": None,
+            "model_state_dict": self.state_dict(),
+            "best_model_state_dict": self.state_dict(),
+        }
+
+    @classmethod
+    def upgrade_checkpoint(cls, checkpoint: Dict[str, Any]) -> Dict[str, Any]:
+        """Upgrade a checkpoint of an older model version, see :py:mod:`.checkpoints`.
+
+        :param checkpoint: the checkpoint dictionary, modified in place
+        :return: the upgraded checkpoint
+        """
+        for version in range(1, cls.__checkpoint_version__):
+            if checkpoint["model_ckpt_version"] == version:
+                update = getattr(checkpoints, f"model_update_v{version}_v{version + 1}")
+                update(checkpoint)
+                checkpoint["model_ckpt_version"] = version + 1
+
+        if checkpoint["model_ckpt_version"] != cls.__checkpoint_version__:
+            raise RuntimeError(
+                f"Unable to upgrade the checkpoint: the checkpoint is using model "
+                f"version {checkpoint['model_ckpt_version']}, while the current model "
+                f"version is {cls.__checkpoint_version__}."
+            )
+        return checkpoint
+
+    def export(self, metadata: Optional[ModelMetadata] = None) -> AtomisticModel:
+        """Wrap this model into a metatomic :py:class:`AtomisticModel`.
+
+        The whole model (baseline included) is cast to the dtype of the network; the
+        interaction range is infinite with the long-range block.
+
+        :param metadata: metadata merged into the default one (which cites LOREM)
+        :return: the atomistic model, in eval mode
+        """
+        dtype = next(self.lorem.parameters()).dtype
+        if dtype not in self.__supported_dtypes__:
+            raise ValueError(f"LOREM can not be exported in {dtype}")
+        self.to(dtype)
+        # the TensorMaps of the composition model are not registered buffers
+        self.additive_models[0].weights_to(torch.device("cpu"), torch.float64)
+
+        model_capabilities = ModelCapabilities(
+            outputs=self.outputs,
+            atomic_types=self.atomic_types,
+            interaction_range=capabilities(self.lorem, dtype).interaction_range,
+            length_unit=self.dataset_info.length_unit,
+            supported_devices=self.__supported_devices__,
+            dtype=dtype_to_str(dtype),
+        )
+        return AtomisticModel(
+            self.eval(), merge_metadata(self.metadata, metadata), model_capabilities
+        )
+
+
+def _energy_target(targets: Dict[str, TargetInfo]) -> str:
+    """Name of the single energy-like target; raise a clear error otherwise."""
+    energies = [
+        name
+        for name, info in targets.items()
+        if info.quantity == "energy"
+        and info.is_scalar
+        and info.sample_kind == "system"
+        and len(info.layout.block().properties) == 1
+    ]
+    if len(targets) == 1 and len(energies) == 1:
+        return energies[0]
+    described = {
+        name: f"quantity='{info.quantity}', sample_kind='{info.sample_kind}'"
+        for name, info in targets.items()
+    }
+    raise ValueError(
+        "LOREM (experimental.lorem_mta) learns exactly one energy-like target: a "
+        "per-structure scalar with `quantity: energy` (e.g. 'energy' or 'mtt::U0', "
+        f"optionally with forces and stress/virial); got {described or 'no targets'}"
+    )
+
+
+def _check_hypers(hypers: Dict[str, Any]) -> None:
+    """Reject invalid model hyperparameters with a message naming the value."""
+    if not float(hypers["cutoff"]) > 0.0:
+        raise ValueError(f"cutoff must be positive, got {hypers['cutoff']}")
+    for name in ["num_features", "num_radial", "num_species", "num_spherical_features"]:
+        if int(hypers[name]) < 1:
+            raise ValueError(f"{name} must be at least 1, got {hypers[name]}")
+    for name in ["max_degree", "max_degree_lr", "num_message_passing"]:
+        if int(hypers[name]) < 0:
+            raise ValueError(f"{name} must be non-negative, got {hypers[name]}")
+    if hypers["long_range_method"] not in ("ewald", "pme", "auto"):
+        raise ValueError(
+            "long_range_method must be 'ewald', 'pme' or 'auto', got "
+            f"'{hypers['long_range_method']}'"
+        )
+    accuracy = hypers["long_range_accuracy"]
+    if accuracy is not None and not 0.0 < float(accuracy) < 1.0:
+        raise ValueError(f"long_range_accuracy must be between 0 and 1, got {accuracy}")
+    if hypers["cutoff_fn"] != "cosine_cutoff":
+        raise ValueError(f"cutoff_fn must be 'cosine_cutoff', got '{hypers['cutoff_fn']}'")
+    if hypers["radial_basis"] != "basic_bernstein":
+        raise ValueError(
+            f"radial_basis must be 'basic_bernstein', got '{hypers['radial_basis']}'"
+        )

@@ -1,0 +1,655 @@
+"""Trainer of the ``experimental.lorem_mta`` architecture.
+
+Follows the structure of ``metatrain/soap_bpnn/trainer.py`` of metatrain 2026.4.1
+(release v2026.4, commit e2af06720): composition baseline and optional scaler fitted
+first and removed from the targets in the collate function, per-atom energy and force
+(and stress/virial) losses through ``LossAggregator``, validation every epoch with
+best-model selection, ``MetricLogger`` logs, distributed data parallel with metatrain's
+SLURM helpers. Differences, to keep in mind when re-syncing with upstream:
+
+* learning-rate schedules: the paper's ``linear_decay`` (constant, then linear decay to
+  ``final_learning_rate``), ``cosine`` (with warm-up) and ``constant``;
+* Adam or AdamW with weight decay, optional gradient clipping;
+* no atomic-basis target transforms (LOREM has a single energy target);
+* fine-tuning starts with a fresh optimizer, schedule and best-model tracking;
+* checkpoints are written atomically (temporary file in the same folder, then
+  ``os.replace``), so an interrupted write never leaves a truncated ``.ckpt``;
+* a string ``loss`` (``"mse"``, when the trainer is used outside ``mtt train``) is
+  expanded to one term per target and gradient.
+"""
+
+import copy
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union
+
+import torch
+import torch.distributed
+from metatrain.composition import train_or_load_composition_model
+from metatrain.scaler import train_or_load_scaler
+from metatrain.utils.abc import ModelInterface, TrainerInterface
+from metatrain.utils.additive import get_remove_additive_transform
+from metatrain.utils.data import (
+    CollateFn,
+    CombinedDataLoader,
+    Dataset,
+    TargetInfo,
+    build_train_dataloaders,
+    build_val_dataloaders,
+    get_num_workers,
+    unpack_batch,
+    validate_num_workers,
+)
+from metatrain.utils.distributed.distributed_data_parallel import (
+    DistributedDataParallel,
+)
+from metatrain.utils.distributed.slurm import (
+    initialize_slurm_nccl_process_group,
+    resolve_distributed,
+)
+from metatrain.utils.evaluate_model import evaluate_model
+from metatrain.utils.io import check_file_extension
+from metatrain.utils.logging import ROOT_LOGGER, MetricLogger
+from metatrain.utils.loss import LossAggregator
+from metatrain.utils.metrics import MAEAccumulator, RMSEAccumulator, get_selected_metric
+from metatrain.utils.neighbor_lists import (
+    get_requested_neighbor_lists,
+    get_system_with_neighbor_lists_transform,
+)
+from metatrain.utils.per_atom import average_by_num_atoms
+from metatrain.utils.scaler import get_remove_scale_transform
+from metatrain.utils.transfer import batch_to
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DistributedSampler
+
+from ..documentation import TrainerHypers
+from . import checkpoints
+from .model import LoremMta
+
+
+def get_scheduler(
+    optimizer: torch.optim.Optimizer, hypers: TrainerHypers, steps_per_epoch: int
+) -> LambdaLR:
+    """Learning-rate schedule, stepped after every optimizer step.
+
+    :param optimizer: the optimizer
+    :param hypers: trainer hyperparameters (``scheduler``, ``learning_rate``,
+        ``final_learning_rate``, ``num_epochs``, ``decay_start_epoch``,
+        ``warmup_fraction``)
+    :param steps_per_epoch: number of optimizer steps per epoch
+    :return: the scheduler
+    """
+    total_steps = max(1, hypers["num_epochs"] * steps_per_epoch)
+    final_ratio = hypers["final_learning_rate"] / hypers["learning_rate"]
+    name = hypers["scheduler"]
+
+    if name == "constant":
+
+        def factor(step: int) -> float:
+            return 1.0
+
+    elif name == "linear_decay":
+        decay_start = hypers["decay_start_epoch"] * steps_per_epoch
+
+        def factor(step: int) -> float:
+            if step <= decay_start:
+                return 1.0
+            progress = min(1.0, (step - decay_start) / max(1, total_steps - decay_start))
+            return 1.0 + (final_ratio - 1.0) * progress
+
+    elif name == "cosine":
+        warmup_steps = int(hypers["warmup_fraction"] * total_steps)
+
+        def factor(step: int) -> float:
+            if step < warmup_steps:
+                return step / max(1, warmup_steps)
+            progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+            return final_ratio + (1.0 - final_ratio) * 0.5 * (
+                1.0 + math.cos(math.pi * progress)
+            )
+
+    else:
+        raise ValueError(f"unknown learning-rate scheduler '{name}'")
+
+    return LambdaLR(optimizer, lr_lambda=factor)
+
+
+class Trainer(TrainerInterface[TrainerHypers]):
+    """Train a :py:class:`~lorem_mta.architecture.model.LoremMta` model.
+
+    :param hypers: trainer hyperparameters, see
+        :py:class:`lorem_mta.documentation.TrainerHypers`
+    """
+
+    __checkpoint_version__ = 1
+
+    def __init__(self, hypers: TrainerHypers):
+        super().__init__(hypers)
+        self.optimizer_state_dict: Optional[Dict[str, Any]] = None
+        self.scheduler_state_dict: Optional[Dict[str, Any]] = None
+        self.epoch: Optional[int] = None
+        self.best_epoch: Optional[int] = None
+        self.best_metric: Optional[float] = None
+        self.best_model_state_dict: Optional[Dict[str, Any]] = None
+        self.best_optimizer_state_dict: Optional[Dict[str, Any]] = None
+
+    def train(
+        self,
+        model: LoremMta,
+        dtype: torch.dtype,
+        devices: List[torch.device],
+        train_datasets: List[Union[Dataset, torch.utils.data.Subset]],
+        val_datasets: List[Union[Dataset, torch.utils.data.Subset]],
+        checkpoint_dir: str,
+    ) -> None:
+        """Train ``model``; its weights are updated in place.
+
+        :param model: the model
+        :param dtype: dtype of the network during training (float32 or float64)
+        :param devices: devices to train on (only the first one is used without DDP)
+        :param train_datasets: training datasets
+        :param val_datasets: validation datasets
+        :param checkpoint_dir: folder for intermediate checkpoints and the fitted
+            baseline
+        """
+        if dtype not in LoremMta.__supported_dtypes__:
+            raise ValueError(f"LOREM can be trained in float32 or float64, not {dtype}")
+        hypers = self.hypers
+        _check_hypers(hypers)
+
+        is_distributed = resolve_distributed(hypers.get("distributed"))
+        if is_distributed:
+            if len(devices) > 1:
+                raise ValueError(
+                    "Requested distributed training with the `multi-gpu` device. To run "
+                    "distributed training with LOREM, set `device` to cuda."
+                )
+            device, world_size, rank = initialize_slurm_nccl_process_group(
+                hypers["distributed_port"]
+            )
+            logging.info(f"Training on {world_size} devices with dtype {dtype}")
+        else:
+            device, world_size, rank = devices[0], 1, 0
+            logging.info(f"Training on device {device} with dtype {dtype}")
+
+        train_targets = model.dataset_info.targets
+        _check_loss_gradients(_loss_config(hypers["loss"], train_targets), train_targets)
+
+        # the network in `dtype`; baseline and scaler in float64 (large, exact values)
+        model.to(device=device, dtype=dtype)
+        model.additive_models.to(dtype=torch.float64)
+        model.scaler.to(dtype=torch.float64)
+
+        train_or_load_composition_model(
+            composition_model=model.additive_models[0],
+            atomic_baseline=hypers["atomic_baseline"],
+            train_datasets=train_datasets,
+            other_additive_models=list(model.additive_models[1:]),
+            batch_size=hypers["batch_size"],
+            is_distributed=is_distributed,
+            checkpoint_dir=checkpoint_dir,
+        )
+        if hypers["scale_targets"]:
+            if isinstance(hypers["fixed_scaling_weights"], str) and not isinstance(
+                hypers["atomic_baseline"], str
+            ):
+                raise ValueError(
+                    "a scaler checkpoint (`fixed_scaling_weights`) needs a composition "
+                    "checkpoint as `atomic_baseline` too"
+                )
+            train_or_load_scaler(
+                scaler=model.scaler,
+                fixed_weights=hypers["fixed_scaling_weights"],
+                train_datasets=train_datasets,
+                additive_models=model.additive_models,
+                batch_size=hypers["batch_size"],
+                is_distributed=is_distributed,
+                checkpoint_dir=checkpoint_dir,
+                per_structure_targets=hypers["per_structure_targets"],
+            )
+
+        logging.info("Setting up data loaders")
+        train_dataloader, val_dataloader, epoch_samplers = self._dataloaders(
+            model, train_datasets, val_datasets, device, is_distributed, world_size, rank
+        )
+
+        raw_model = model
+        if is_distributed:
+            model = DistributedDataParallel(model, device_ids=[device])
+
+        loss_config = _loss_config(hypers["loss"], train_targets)
+        loss_fn = LossAggregator(targets=train_targets, config=loss_config)
+        logging.info("Using the following loss functions:")
+        for name, info in loss_fn.metadata.items():
+            logging.info(f"{name}: {info}")
+
+        optimizer = _optimizer(model, hypers)
+        lr_scheduler = get_scheduler(optimizer, hypers, len(train_dataloader))
+        if not raw_model.has_new_targets:
+            # restart: continue the optimizer and the schedule where they stopped
+            if self.optimizer_state_dict is not None:
+                optimizer.load_state_dict(self.optimizer_state_dict)
+            if self.scheduler_state_dict is not None:
+                lr_scheduler.load_state_dict(self.scheduler_state_dict)
+        logging.info(f"Initial learning rate: {optimizer.param_groups[0]['lr']}")
+
+        per_structure_targets = hypers["per_structure_targets"]
+        use_mae = hypers["log_mae"] or hypers["best_model_metric"] == "mae_prod"
+        num_epochs = hypers["num_epochs"]
+        start_epoch = 0 if self.epoch is None else self.epoch + 1
+        if self.best_metric is None:
+            self.best_metric = float("inf")
+
+        def run_batch(batch: Any, is_training: bool) -> Tuple[Any, ...]:
+            """Predictions and targets of one batch, per atom and in scaled units."""
+            systems, targets, extra_data = unpack_batch(batch)
+            systems, targets, extra_data = batch_to(
+                systems, targets, extra_data, dtype=dtype, device=device
+            )
+            predictions = evaluate_model(
+                model,
+                systems,
+                {key: train_targets[key] for key in targets},
+                is_training=is_training,
+            )
+            predictions = average_by_num_atoms(predictions, systems, per_structure_targets)
+            targets = average_by_num_atoms(targets, systems, per_structure_targets)
+            # per-property scales (multi-property targets only) before the loss; the
+            # dataloader already removed the per-target scales from the targets
+            predictions = raw_model.scaler.apply_scales(
+                systems,
+                predictions,
+                remove=False,
+                use_per_target_scales=False,
+                use_per_property_scales=True,
+            )
+            return systems, predictions, targets, extra_data
+
+        def accumulate(
+            accumulators: List[Any], systems: Any, predictions: Any, targets: Any, extra: Any
+        ) -> None:
+            """Add a batch to the error accumulators, in the units of the dataset."""
+            scaled = [
+                raw_model.scaler.apply_scales(
+                    systems,
+                    values,
+                    remove=False,
+                    use_per_target_scales=True,
+                    use_per_property_scales=False,
+                )
+                for values in (predictions, targets)
+            ]
+            for accumulator in accumulators:
+                accumulator.update(scaled[0], scaled[1], extra)
+
+        def finalize(accumulators: List[Any], loss: float) -> Dict[str, float]:
+            metrics: Dict[str, float] = {"loss": loss}
+            for accumulator in accumulators:
+                metrics.update(
+                    accumulator.finalize(
+                        not_per_atom=["positions_gradients"] + per_structure_targets,
+                        is_distributed=is_distributed,
+                        device=device,
+                    )
+                )
+            return metrics
+
+        def new_accumulators() -> List[Any]:
+            separate = hypers["log_separate_blocks"]
+            if use_mae:
+                return [RMSEAccumulator(separate), MAEAccumulator(separate)]
+            return [RMSEAccumulator(separate)]
+
+        logging.info("Starting training")
+        metric_logger: Optional[MetricLogger] = None
+        epoch = start_epoch
+        for epoch in range(start_epoch, num_epochs):
+            for sampler in epoch_samplers:
+                sampler.set_epoch(epoch)
+            log_epoch = (
+                epoch == start_epoch
+                or epoch % hypers["log_interval"] == 0
+                or epoch == num_epochs - 1
+            )
+
+            # -- training --
+            model.train()
+            train_accumulators = new_accumulators()
+            train_loss = 0.0
+            for batch in train_dataloader:
+                optimizer.zero_grad()
+                systems, predictions, targets, extra_data = run_batch(batch, True)
+                loss = loss_fn(predictions, targets, extra_data)
+                if is_distributed:
+                    # every parameter must take part in the graph for DDP
+                    for parameter in model.parameters():
+                        loss = loss + 0.0 * parameter.sum()
+                loss.backward()
+                if hypers["grad_clip_norm"] is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), hypers["grad_clip_norm"])
+                optimizer.step()
+                lr_scheduler.step()
+
+                if is_distributed:
+                    torch.distributed.all_reduce(loss)
+                train_loss += loss.item()
+                if log_epoch:
+                    accumulate(train_accumulators, systems, predictions, targets, extra_data)
+
+            # -- validation --
+            # gradients stay on when forces or stresses are evaluated
+            with torch.set_grad_enabled(any(info.gradients for info in train_targets.values())):
+                val_accumulators = new_accumulators()
+                val_loss = 0.0
+                for batch in val_dataloader:
+                    systems, predictions, targets, extra_data = run_batch(batch, False)
+                    loss = loss_fn(predictions, targets, extra_data)
+                    if is_distributed:
+                        torch.distributed.all_reduce(loss)
+                    val_loss += loss.item()
+                    accumulate(val_accumulators, systems, predictions, targets, extra_data)
+            val_metrics = finalize(val_accumulators, val_loss)
+
+            # -- logging, best model, checkpoints --
+            if log_epoch:
+                train_metrics = finalize(train_accumulators, train_loss)
+                if metric_logger is None:
+                    metric_logger = MetricLogger(
+                        log_obj=ROOT_LOGGER,
+                        dataset_info=raw_model.dataset_info,
+                        initial_metrics=[train_metrics, val_metrics],
+                        names=["training", "validation"],
+                    )
+                metric_logger.log(
+                    metrics=[train_metrics, val_metrics],
+                    epoch=epoch,
+                    rank=rank,
+                    learning_rate=optimizer.param_groups[0]["lr"],
+                )
+
+            val_metric = get_selected_metric(val_metrics, hypers["best_model_metric"])
+            if val_metric < self.best_metric:
+                self.best_metric = val_metric
+                self.best_model_state_dict = copy.deepcopy(raw_model.state_dict())
+                self.best_epoch = epoch
+                self.best_optimizer_state_dict = copy.deepcopy(optimizer.state_dict())
+
+            if epoch % hypers["checkpoint_interval"] == 0:
+                if is_distributed:
+                    torch.distributed.barrier()
+                self.optimizer_state_dict = optimizer.state_dict()
+                self.scheduler_state_dict = lr_scheduler.state_dict()
+                self.epoch = epoch
+                if rank == 0:
+                    self.save_checkpoint(
+                        raw_model, Path(checkpoint_dir) / f"model_{epoch}.ckpt"
+                    )
+
+        # state for the checkpoint that `mtt train` writes after this function
+        self.epoch = epoch
+        self.optimizer_state_dict = optimizer.state_dict()
+        self.scheduler_state_dict = lr_scheduler.state_dict()
+
+        if is_distributed:
+            torch.distributed.destroy_process_group()
+
+    def _dataloaders(
+        self,
+        model: LoremMta,
+        train_datasets: List[Union[Dataset, torch.utils.data.Subset]],
+        val_datasets: List[Union[Dataset, torch.utils.data.Subset]],
+        device: torch.device,
+        is_distributed: bool,
+        world_size: int,
+        rank: int,
+    ) -> Tuple[CombinedDataLoader, CombinedDataLoader, List[Any]]:
+        """Training and validation data loaders.
+
+        The collate function attaches the neighbour lists and removes the baseline and
+        the scale from the targets.
+        """
+        hypers = self.hypers
+        if is_distributed:
+            train_samplers: List[Optional[DistributedSampler]] = [
+                DistributedSampler(
+                    dataset, num_replicas=world_size, rank=rank, shuffle=True, drop_last=True
+                )
+                for dataset in train_datasets
+            ]
+            val_samplers: List[Optional[DistributedSampler]] = [
+                DistributedSampler(
+                    dataset, num_replicas=world_size, rank=rank, shuffle=False, drop_last=False
+                )
+                for dataset in val_datasets
+            ]
+        else:
+            train_samplers = [None] * len(train_datasets)
+            val_samplers = [None] * len(val_datasets)
+
+        # CPU/float64 copies of the baseline and scaler for the collate function
+        model.additive_models[0].weights_to(device="cpu", dtype=torch.float64)
+        additive_models = copy.deepcopy(
+            model.additive_models.to(dtype=torch.float64, device="cpu")
+        )
+        model.additive_models.to(device)
+        model.additive_models[0].weights_to(device=device, dtype=torch.float64)
+        model.scaler.scales_to(device="cpu", dtype=torch.float64)
+        scaler = copy.deepcopy(model.scaler.to(dtype=torch.float64, device="cpu"))
+        model.scaler.to(device)
+        model.scaler.scales_to(device=device, dtype=torch.float64)
+
+        train_targets = model.dataset_info.targets
+        collate_fn = CollateFn(
+            target_keys=list(train_targets.keys()),
+            callables=[
+                get_system_with_neighbor_lists_transform(get_requested_neighbor_lists(model)),
+                get_remove_additive_transform(additive_models, train_targets),
+                get_remove_scale_transform(scaler),
+            ],
+        )
+
+        if hypers["num_workers"] is None:
+            num_workers = get_num_workers()
+            logging.info(f"Using {num_workers} workers for data loading")
+        else:
+            num_workers = hypers["num_workers"]
+            validate_num_workers(num_workers)
+
+        train_dataloaders, epoch_samplers = build_train_dataloaders(
+            train_datasets=train_datasets,
+            train_distributed_samplers=train_samplers,
+            collate_fn_train=collate_fn,
+            batch_size=hypers["batch_size"],
+            max_atoms_per_batch=hypers["max_atoms_per_batch"],
+            min_atoms_per_batch=hypers["min_atoms_per_batch"],
+            num_workers=num_workers,
+        )
+        val_dataloaders = build_val_dataloaders(
+            val_datasets=val_datasets,
+            val_distributed_samplers=val_samplers,
+            collate_fn_val=collate_fn,
+            batch_size=hypers["batch_size"],
+            max_atoms_per_batch=hypers["max_atoms_per_batch"],
+            num_workers=num_workers,
+        )
+        return (
+            CombinedDataLoader(train_dataloaders, shuffle=True),
+            CombinedDataLoader(val_dataloaders, shuffle=False),
+            epoch_samplers,
+        )
+
+    def save_checkpoint(self, model: ModelInterface, path: Union[str, Path]) -> None:
+        """Write model and trainer state to ``path`` (atomically).
+
+        :param model: the model
+        :param path: the checkpoint file (``.ckpt``)
+        """
+        checkpoint = model.get_checkpoint()
+        checkpoint.update(
+            {
+                "train_hypers": self.hypers,
+                "trainer_ckpt_version": self.__checkpoint_version__,
+                "epoch": self.epoch,
+                "optimizer_state_dict": self.optimizer_state_dict,
+                "scheduler_state_dict": self.scheduler_state_dict,
+                "best_epoch": self.best_epoch,
+                "best_metric": self.best_metric,
+                "best_optimizer_state_dict": self.best_optimizer_state_dict,
+            }
+        )
+        if self.best_model_state_dict is not None:
+            checkpoint["best_model_state_dict"] = self.best_model_state_dict
+        _atomic_save(checkpoint, Path(check_file_extension(path, ".ckpt")))
+
+    @classmethod
+    def load_checkpoint(
+        cls,
+        checkpoint: Dict[str, Any],
+        hypers: TrainerHypers,
+        context: Literal["restart", "finetune"],
+    ) -> "Trainer":
+        """Trainer state from a checkpoint.
+
+        :param checkpoint: the checkpoint dictionary
+        :param hypers: trainer hyperparameters of the new run
+        :param context: ``"restart"`` continues optimizer, schedule, epoch count and
+            best-model tracking; ``"finetune"`` starts all of them afresh
+        :return: the trainer
+        """
+        trainer = cls(hypers)
+        if context == "restart":
+            trainer.optimizer_state_dict = checkpoint["optimizer_state_dict"]
+            trainer.scheduler_state_dict = checkpoint["scheduler_state_dict"]
+            trainer.epoch = checkpoint["epoch"]
+            trainer.best_epoch = checkpoint["best_epoch"]
+            trainer.best_metric = checkpoint["best_metric"]
+            trainer.best_model_state_dict = checkpoint["best_model_state_dict"]
+            trainer.best_optimizer_state_dict = checkpoint["best_optimizer_state_dict"]
+        elif context != "finetune":
+            raise ValueError(f"unknown context '{context}' for loading a trainer")
+        return trainer
+
+    @classmethod
+    def upgrade_checkpoint(cls, checkpoint: Dict[str, Any]) -> Dict[str, Any]:
+        """Upgrade the trainer part of an older checkpoint, see :py:mod:`.checkpoints`.
+
+        :param checkpoint: the checkpoint dictionary, modified in place
+        :return: the upgraded checkpoint
+        """
+        for version in range(1, cls.__checkpoint_version__):
+            if checkpoint["trainer_ckpt_version"] == version:
+                update = getattr(checkpoints, f"trainer_update_v{version}_v{version + 1}")
+                update(checkpoint)
+                checkpoint["trainer_ckpt_version"] = version + 1
+
+        if checkpoint["trainer_ckpt_version"] != cls.__checkpoint_version__:
+            raise RuntimeError(
+                f"Unable to upgrade the checkpoint: the checkpoint is using trainer "
+                f"version {checkpoint['trainer_ckpt_version']}, while the current "
+                f"trainer version is {cls.__checkpoint_version__}."
+            )
+        return checkpoint
+
+
+def _check_hypers(hypers: TrainerHypers) -> None:
+    """Reject invalid combinations with a message naming the offending value."""
+    if not hypers["learning_rate"] > 0.0:
+        raise ValueError(f"learning_rate must be positive, got {hypers['learning_rate']}")
+    if not 0.0 < hypers["final_learning_rate"] <= hypers["learning_rate"]:
+        raise ValueError(
+            "final_learning_rate must be positive and at most learning_rate "
+            f"({hypers['learning_rate']}), got {hypers['final_learning_rate']}"
+        )
+    if not 0.0 <= hypers["warmup_fraction"] < 1.0:
+        raise ValueError(f"warmup_fraction must be in [0, 1), got {hypers['warmup_fraction']}")
+    if hypers["decay_start_epoch"] < 0:
+        raise ValueError(
+            f"decay_start_epoch must be non-negative, got {hypers['decay_start_epoch']}"
+        )
+    if hypers["grad_clip_norm"] is not None and not hypers["grad_clip_norm"] > 0.0:
+        raise ValueError(f"grad_clip_norm must be positive, got {hypers['grad_clip_norm']}")
+    if hypers["weight_decay"] < 0.0:
+        raise ValueError(f"weight_decay must be non-negative, got {hypers['weight_decay']}")
+    for name in ["log_interval", "checkpoint_interval", "batch_size"]:
+        if hypers[name] < 1:
+            raise ValueError(f"{name} must be at least 1, got {hypers[name]}")
+
+
+def _optimizer(model: torch.nn.Module, hypers: TrainerHypers) -> torch.optim.Optimizer:
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if hypers["optimizer"] == "adamw":
+        return torch.optim.AdamW(
+            parameters, lr=hypers["learning_rate"], weight_decay=hypers["weight_decay"]
+        )
+    if hypers["optimizer"] == "adam":
+        return torch.optim.Adam(
+            parameters, lr=hypers["learning_rate"], weight_decay=hypers["weight_decay"]
+        )
+    raise ValueError(f"unknown optimizer '{hypers['optimizer']}'")
+
+
+def _loss_config(loss: Any, targets: Dict[str, TargetInfo]) -> Dict[str, Any]:
+    """The per-target loss configuration (``mtt train`` already expanded strings)."""
+    if not isinstance(loss, str):
+        return loss
+
+    def term() -> Dict[str, Any]:
+        return {"type": loss, "weight": 1.0, "reduction": "mean"}
+
+    return {
+        name: {**term(), "gradients": {gradient: term() for gradient in info.gradients}}
+        for name, info in targets.items()
+    }
+
+
+_GRADIENT_NAMES = {"positions": "forces", "strain": "stress or virial"}
+_DEFAULT_GRADIENT_LOSS = {"type": "mse", "weight": 1.0, "reduction": "mean"}
+
+
+def _check_loss_gradients(loss: Dict[str, Any], targets: Dict[str, TargetInfo]) -> None:
+    """Fail when a configured force/stress loss has no data to act on.
+
+    metatrain only logs "No forces found" when the forces of a target can not be read,
+    and then silently drops the force term of the loss. A gradient loss that was
+    configured explicitly (anything but metatrain's default expansion) on a dataset
+    without that gradient is almost always a wrong key in the options: make it an error.
+    """
+    for name, config in loss.items():
+        if name not in targets:
+            continue
+        for gradient, settings in (config.get("gradients") or {}).items():
+            if gradient in targets[name].gradients:
+                continue
+            explicit = {k: settings[k] for k in settings if k in _DEFAULT_GRADIENT_LOSS}
+            if explicit == _DEFAULT_GRADIENT_LOSS and len(settings) == len(explicit):
+                continue  # metatrain's default: energy-only training is fine
+            label = _GRADIENT_NAMES.get(gradient, f"'{gradient}' gradients")
+            raise ValueError(
+                f"the loss asks for {label} of target '{name}' ({dict(settings)}), but "
+                f"the training set has no {label} for it: check the '{label.split()[0]}' "
+                f"entry (file and key) of the '{name}' target in the options, or remove "
+                "the corresponding loss entry"
+            )
+
+
+def _atomic_save(checkpoint: Dict[str, Any], path: Path) -> None:
+    """``torch.save`` to a temporary file next to ``path``, then rename it."""
+    directory = path.parent if str(path.parent) != "" else Path(".")
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            torch.save(checkpoint, file)
+            file.flush()
+            os.fsync(file.fileno())
+        # mkstemp creates the file readable by its owner only; use the usual permissions
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise

@@ -1,0 +1,313 @@
+"""
+LOREM
+=====
+
+LOREM (Learning Long-Range Representations with Equivariant Messages,
+arXiv:2507.19382) is an equivariant machine-learning interatomic potential with a
+learned long-range part. A short-range equivariant network (spherical features up to
+degree ``max_degree`` built from a Bernstein radial basis and spherical harmonics) predicts
+latent scalar and equivariant charges (``1 + (max_degree_lr + 1)^2`` channels). Their
+Coulomb potentials, from an Ewald or PME sum for periodic structures and a direct
+all-pairs sum for molecules (torch-pme, full interaction, no exclusion radius), are mixed
+back into the atomic features, and the total energy is the sum of the short-range and
+long-range atomic energies. Forces and stresses come from automatic differentiation.
+
+This architecture is provided by the ``lorem_mta`` package (not by metatrain itself) and
+is registered with ``mtt`` under the name ``experimental.lorem_mta`` when ``lorem_mta`` is
+installed (``pip install lorem-mta``; the ``lorem-mtt`` command does the same for
+interpreters started with ``python -S``).
+
+{{SECTION_INSTALLATION}}
+
+Targets
+-------
+
+LOREM learns exactly one energy-like target per model: a per-structure scalar with
+``quantity: energy`` (for example ``energy`` or ``mtt::U0``), optionally with forces
+(position gradients) and stress or virial (strain gradients). Periodic and
+non-periodic structures can be mixed in one dataset; structures periodic in only one or
+two directions are rejected.
+
+Training follows the recipe of the paper: a composition (per-species) energy baseline,
+a per-atom energy and a force loss (mean squared errors; metatrain's default ``"mse"``
+loss puts a weight of 1 on both, which is the paper's 0.5/0.5 up to an overall factor
+that Adam does not see), Adam with a constant learning rate for ``decay_start_epoch``
+epochs followed by a linear decay to ``final_learning_rate``, and the best model on
+the validation set kept.
+
+Additional outputs
+------------------
+
+In addition to the energy target, the model can output
+
+- ``feature``: the final scalar atomic features (``num_features`` per atom, or summed
+  per structure);
+- ``lorem::charges``: the learned latent charges (with ``lr: true``), as an equivariant
+  TensorMap with one block per ``(o3_lambda, o3_sigma)``; property ``channel`` 0 is the
+  scalar MLP charge, 1 the ``l = 0`` spherical charge, 2-4 the ``l = 1`` and 5-9 the
+  ``l = 2`` components;
+- ``lorem::potentials``: the Coulomb potentials of those charges, same layout.
+
+Last-layer features (``mtt::aux::energy_last_layer_features``, used by LLPR) are not
+available yet.
+
+{{SECTION_DEFAULT_HYPERS}}
+
+{{SECTION_MODEL_HYPERS}}
+
+{{SECTION_TRAINER_HYPERS}}
+
+with the following definition for fine-tuning:
+
+.. autoclass:: {{architecture_path}}.documentation.FinetuneHypers
+    :members:
+    :undoc-members:
+
+{{SECTION_REFERENCES}}
+"""
+
+from typing import Literal, Optional
+
+from metatrain.composition.documentation import FixedCompositionWeights
+from metatrain.scaler.documentation import FixedScalerWeights
+from metatrain.utils.loss import LossSpecification
+from typing_extensions import NotRequired, TypedDict
+
+
+class ModelHypers(TypedDict):
+    """Hyperparameters of the LOREM model (names and defaults of lorem-jax 0.2.0)."""
+
+    cutoff: float = 5.0
+    """Radius (in the length unit of the dataset) of the local environments: the
+    short-range features only see neighbours within it, and it also sets the Ewald
+    parameters (smearing ``cutoff / 4``, wavelength ``cutoff / 8``). 5 A is the paper's
+    value for every dataset; 3-4 A still works when the long-range block is on (the
+    paper's cumulene study), and makes the model cheaper, roughly in proportion to the
+    number of neighbours (``cutoff**3``)."""
+
+    max_degree: int = 6
+    """Largest degree ``L`` of the spherical features. Higher degrees resolve finer
+    angular structure; the cost of the tensor products grows steeply, roughly as
+    ``L**3`` (the paper uses 6; 2-4 are good for quick experiments and small data)."""
+
+    max_degree_lr: int = 2
+    """Largest degree of the equivariant latent charges. 2 is needed to resolve
+    orientation-dependent long-range effects (the cumulene rotor of the paper); 1 gives
+    dipole-like charges only, and 0 reduces LOREM to scalar latent Ewald message
+    passing. The Coulomb sum handles ``1 + (max_degree_lr + 1)**2`` charge channels, so
+    its cost grows quadratically with this value."""
+
+    num_features: int = 128
+    """Size ``d`` of the scalar atomic features and of the hidden layers of the
+    multi-layer perceptrons. The main capacity knob: the cost of the dense layers grows
+    as ``d**2``. 32-64 is enough for small datasets."""
+
+    num_radial: int = 32
+    """Number of Bernstein radial basis functions. Fewer functions (8-16) make the
+    radial embedding cheaper at a small loss of radial resolution."""
+
+    num_species: int = 8
+    """Width of the learned chemical-species embedding. Increase it for datasets with
+    many elements; it has a negligible cost."""
+
+    num_spherical_features: int = 8
+    """Number ``s`` of spherical channels per degree. Together with ``max_degree`` this
+    sets the size of the equivariant features, ``(max_degree + 1)**2 * s`` per atom;
+    memory and time grow linearly with it (the paper uses 8, its README example 4)."""
+
+    num_message_passing: int = 0
+    """Number of short-range message-passing steps after the initial step. 0 is the
+    paper's model, whose receptive field is one cutoff sphere plus the long-range
+    block; each step adds one cutoff to the local receptive field and costs about as
+    much as the initial step."""
+
+    equivariant_message_passing: bool = True
+    """Whether the message-passing steps exchange equivariant (not only scalar)
+    messages. Irrelevant with ``num_message_passing = 0``; switching it off makes the
+    steps cheaper and less expressive."""
+
+    initialize_node_features: bool = True
+    """Whether the scalar atomic features start from the species embedding (every
+    paper model does). Leave it on unless you reproduce a lorem-jax model trained
+    without it."""
+
+    lr: bool = True
+    """Whether to include the long-range block (latent charges, Coulomb potentials and
+    their mixing into the features). Switching it off gives a purely local model with a
+    finite interaction range (then LAMMPS can run it on several MPI ranks), and removes
+    the ``lorem::charges`` and ``lorem::potentials`` outputs."""
+
+    long_range_method: Literal["ewald", "pme", "auto"] = "ewald"
+    """How the Coulomb potentials of periodic structures are computed: ``"ewald"``
+    (exact to the Ewald parameters, O(N**2) with the number of atoms, what the paper
+    trains with), ``"pme"`` (particle-mesh Ewald, about linear scaling and much faster
+    above ~1000 atoms, relative error around 1e-5) or ``"auto"`` (Ewald below 1000 atoms,
+    PME above). Molecules always use a direct sum. The choice changes only how the
+    same potentials are evaluated, so a model trained with one can be run with
+    another."""
+
+    long_range_accuracy: Optional[float] = None
+    """Target accuracy of the reciprocal-space Ewald sum, between 0 and 1. ``None``
+    keeps lorem-jax's settings (wavelength ``cutoff / 8``, converged to ~1e-9); 1e-5 to
+    1e-6 uses fewer k-vectors and makes large periodic cells noticeably cheaper."""
+
+    cutoff_fn: Literal["cosine_cutoff"] = "cosine_cutoff"
+    """Smooth cutoff function of the radial basis (the only choice in LOREM)."""
+
+    radial_basis: Literal["basic_bernstein"] = "basic_bernstein"
+    """Radial basis (the only choice in LOREM): Bernstein polynomials of the scaled
+    distance."""
+
+
+class FinetuneHypers(TypedDict):
+    """Start training from the weights of an existing LOREM checkpoint."""
+
+    read_from: Optional[str] = None
+    """Path to a ``.ckpt`` file written by ``mtt train`` for this architecture; its best
+    model is loaded and all parameters are trained (with a new optimizer, a new
+    learning-rate schedule and a composition baseline refitted on the new data). The
+    model hyperparameters must be the same as in the checkpoint. ``None`` trains from
+    scratch."""
+
+    method: Literal["full"] = "full"
+    """Fine-tuning method; only ``"full"`` (all parameters trainable) is available."""
+
+
+class TrainerHypers(TypedDict):
+    """Hyperparameters to train LOREM models."""
+
+    distributed: NotRequired[bool]
+    """Whether to use distributed training. When not set, distributed training is
+    enabled automatically when running under more than one SLURM task. Setting this
+    option explicitly is deprecated (as in metatrain's own architectures)."""
+
+    distributed_port: int = 39591
+    """Port for the communication between processes in distributed training."""
+
+    batch_size: int = 8
+    """Number of structures per batch (metatrain's usual default; the paper used 32
+    for most datasets). Larger batches make an epoch faster on a GPU but need more
+    memory and take fewer optimizer steps per epoch. Must not exceed the number of
+    training structures."""
+
+    num_epochs: int = 2000
+    """Number of epochs (lorem-jax's default; the paper used 500-8000 depending on the
+    dataset). The ``linear_decay`` and ``cosine`` schedules reach
+    ``final_learning_rate`` at the last epoch, so this also sets their time scale."""
+
+    learning_rate: float = 1e-3
+    """Initial (peak) learning rate. The paper uses 1e-3 for small sets and 1e-4 to 4e-4
+    for the larger ones."""
+
+    final_learning_rate: float = 1e-6
+    """Learning rate reached at the end of training by the ``linear_decay`` and
+    ``cosine`` schedules."""
+
+    scheduler: Literal["linear_decay", "cosine", "constant"] = "linear_decay"
+    """Learning-rate schedule, updated after every optimizer step:
+
+    - ``"linear_decay"``: the paper's schedule; constant for ``decay_start_epoch`` epochs,
+      then linear decay to ``final_learning_rate`` at the last epoch;
+    - ``"cosine"``: linear warm-up over ``warmup_fraction`` of the steps, then cosine
+      decay to ``final_learning_rate`` (the schedule of metatrain's SOAP-BPNN);
+    - ``"constant"``: ``learning_rate`` throughout.
+    """
+
+    decay_start_epoch: int = 10
+    """Number of epochs at constant learning rate before the ``linear_decay`` schedule
+    starts to decay (10 in the paper)."""
+
+    warmup_fraction: float = 0.01
+    """Fraction of the training steps used for the linear warm-up of the ``cosine``
+    schedule (ignored by the other schedules)."""
+
+    optimizer: Literal["adam", "adamw"] = "adam"
+    """Optimizer: Adam (the paper's choice) or AdamW (decoupled weight decay)."""
+
+    weight_decay: float = 0.0
+    """Weight decay. With ``adam`` it is an L2 penalty added to the gradients, with
+    ``adamw`` a decoupled decay of the weights. 0 (no decay) in the paper."""
+
+    grad_clip_norm: Optional[float] = None
+    """If set, gradients are clipped to this total norm before every optimizer step.
+    The paper does not clip; 1.0-10.0 can stabilise training with large learning
+    rates or noisy labels."""
+
+    log_interval: int = 5
+    """Interval (in epochs) between two lines of training and validation metrics. The
+    validation set is evaluated every epoch regardless, for the best-model selection."""
+
+    checkpoint_interval: int = 100
+    """Interval (in epochs) between two intermediate checkpoints ``model_<epoch>.ckpt``
+    in the output directory."""
+
+    atomic_baseline: FixedCompositionWeights | str = {}
+    """The per-species baseline of the target (a composition model).
+
+    By default a linear model on the composition of the structures is fitted by least
+    squares on the training set (as in the paper), subtracted from the targets during
+    training and added back to the predictions. This option fixes it instead, with the
+    same format as metatrain's other architectures:
+
+    - a dictionary from target name to either one baseline for all atomic types or a
+      dictionary from atomic number to baseline, e.g. ``{"energy": {1: -13.6, 8:
+      -2041.0}}`` (``{"energy": 0.0}`` switches the baseline off);
+    - a path to the ``.ckpt`` file of a trained composition model.
+    """
+
+    scale_targets: bool = False
+    """Whether to divide the targets by their (per-atom, uncentered) standard deviation
+    during training, with metatrain's ``Scaler``. Off by default because the paper does
+    not scale targets (``scale_by_variance: False``); switching it on can help when the
+    residual energies after the baseline are much larger or smaller than 1 in the
+    target's unit."""
+
+    fixed_scaling_weights: FixedScalerWeights | str = {}
+    """Fixed scales for the targets when ``scale_targets`` is on: a dictionary from
+    target name to a scale (or to a dictionary from atomic number to scale), or the path
+    to a scaler checkpoint (then ``atomic_baseline`` must be a composition checkpoint
+    too). Targets not listed get a scale computed from the data."""
+
+    per_structure_targets: list[str] = []
+    """Targets whose loss and errors are computed per structure, not per atom. By
+    default energies are divided by the number of atoms, as in the paper."""
+
+    num_workers: Optional[int] = None
+    """Number of worker processes for data loading; chosen automatically if not set."""
+
+    log_mae: bool = False
+    """Log mean absolute errors alongside root mean squared errors."""
+
+    log_separate_blocks: bool = False
+    """Log errors of each block of the targets separately."""
+
+    best_model_metric: Literal["rmse_prod", "mae_prod", "loss"] = "rmse_prod"
+    """Validation metric that selects the best model, which is the one exported. The
+    paper keeps the highest summed R2 of energies and forces; ``rmse_prod`` (product of
+    the energy and force RMSEs) is the closest metatrain equivalent."""
+
+    loss: str | dict[str, LossSpecification | str] = "mse"
+    """The loss. The default ``"mse"`` gives, for an energy target with forces, a mean
+    squared error on the energy per atom and one on the force components, with weight
+    1 each (stress or virial get a third term when the dataset has them). To write the
+    paper's weights explicitly, use for a target called ``energy``::
+
+        loss:
+          energy:
+            type: mse
+            weight: 0.5
+            forces:
+              weight: 0.5
+
+    See metatrain's documentation on loss functions for all options."""
+
+    max_atoms_per_batch: Optional[int] = None
+    """If set, batches are filled greedily with structures until they would exceed this
+    number of atoms (``batch_size`` is then only used to fit the baseline and the
+    scaler). Useful when the structure sizes vary a lot."""
+
+    min_atoms_per_batch: int = 0
+    """With ``max_atoms_per_batch``, batches with fewer atoms than this are dropped."""
+
+    finetune: FinetuneHypers = {"read_from": None, "method": "full"}
+    """Fine-tuning from an existing checkpoint, see :class:`FinetuneHypers`."""
