@@ -26,3 +26,28 @@ upgrade path stays tested (metatrain's ``CheckpointTests``).
 
 Model and trainer are both at version 1: there is nothing to upgrade yet.
 """
+
+from typing import Any, Dict
+
+
+def upgrade(checkpoint: Dict[str, Any], kind: str, current: int) -> Dict[str, Any]:
+    """Apply the ``{kind}_update_v{v}_v{v+1}`` functions up to version ``current``.
+
+    :param checkpoint: the checkpoint dictionary, modified in place
+    :param kind: ``"model"`` or ``"trainer"``
+    :param current: the version of the code
+    :return: the upgraded checkpoint
+    :raises RuntimeError: if the checkpoint cannot be brought to ``current`` (the
+        message is the one metatrain's checkpoint tests expect)
+    """
+    key = f"{kind}_ckpt_version"
+    for version in range(1, current):
+        if checkpoint[key] == version:
+            globals()[f"{kind}_update_v{version}_v{version + 1}"](checkpoint)
+            checkpoint[key] = version + 1
+    if checkpoint[key] != current:
+        raise RuntimeError(
+            f"Unable to upgrade the checkpoint: the checkpoint is using {kind} version "
+            f"{checkpoint[key]}, while the current {kind} version is {current}."
+        )
+    return checkpoint

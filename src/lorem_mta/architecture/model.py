@@ -296,19 +296,7 @@ class LoremMta(ModelInterface[ModelHypers]):
         :param checkpoint: the checkpoint dictionary, modified in place
         :return: the upgraded checkpoint
         """
-        for version in range(1, cls.__checkpoint_version__):
-            if checkpoint["model_ckpt_version"] == version:
-                update = getattr(checkpoints, f"model_update_v{version}_v{version + 1}")
-                update(checkpoint)
-                checkpoint["model_ckpt_version"] = version + 1
-
-        if checkpoint["model_ckpt_version"] != cls.__checkpoint_version__:
-            raise RuntimeError(
-                f"Unable to upgrade the checkpoint: the checkpoint is using model "
-                f"version {checkpoint['model_ckpt_version']}, while the current model "
-                f"version is {cls.__checkpoint_version__}."
-            )
-        return checkpoint
+        return checkpoints.upgrade(checkpoint, "model", cls.__checkpoint_version__)
 
     def export(self, metadata: Optional[ModelMetadata] = None) -> AtomisticModel:
         """Wrap this model into a metatomic :py:class:`AtomisticModel`.

@@ -539,19 +539,7 @@ class Trainer(TrainerInterface[TrainerHypers]):
         :param checkpoint: the checkpoint dictionary, modified in place
         :return: the upgraded checkpoint
         """
-        for version in range(1, cls.__checkpoint_version__):
-            if checkpoint["trainer_ckpt_version"] == version:
-                update = getattr(checkpoints, f"trainer_update_v{version}_v{version + 1}")
-                update(checkpoint)
-                checkpoint["trainer_ckpt_version"] = version + 1
-
-        if checkpoint["trainer_ckpt_version"] != cls.__checkpoint_version__:
-            raise RuntimeError(
-                f"Unable to upgrade the checkpoint: the checkpoint is using trainer "
-                f"version {checkpoint['trainer_ckpt_version']}, while the current "
-                f"trainer version is {cls.__checkpoint_version__}."
-            )
-        return checkpoint
+        return checkpoints.upgrade(checkpoint, "trainer", cls.__checkpoint_version__)
 
 
 def _check_hypers(hypers: TrainerHypers) -> None:
