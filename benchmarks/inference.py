@@ -76,7 +76,11 @@ def run_jax(sizes, repeats, no_lr):
     ]
     if no_lr:
         command.append("--no-lr")
-    env = {**os.environ, "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=true"}
+    threads = os.environ.get("OMP_NUM_THREADS", "2")
+    flags = "--xla_cpu_multi_thread_eigen=true"
+    if threads == "1":
+        flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    env = {**os.environ, "XLA_FLAGS": flags}
     process = subprocess.run(command, capture_output=True, text=True, env=env)
     records = {}
     for line in process.stdout.splitlines():
@@ -93,6 +97,11 @@ def main():
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--no-jax", action="store_true")
+    parser.add_argument(
+        "--jax-sizes",
+        default="2,3,4",
+        help="sizes run with lorem-jax (it needs ~23 GB at 1000 atoms)",
+    )
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -110,7 +119,8 @@ def main():
 
     jax_lr, jax_sr = {}, {}
     if not args.no_jax:
-        jax_lr = run_jax(sizes, args.repeats, no_lr=False)
+        jax_sizes = [s for s in sizes if s in {int(v) for v in args.jax_sizes.split(",")}]
+        jax_lr = run_jax(jax_sizes, args.repeats, no_lr=False)
         jax_sr = run_jax(sizes, args.repeats, no_lr=True)
 
     header = ["N"] + [f"{n} (s)" for n in models] + ["jax (s)", "jax no-lr (s)"]
@@ -135,7 +145,9 @@ def main():
         error_e = error_f = float("nan")
         if fastest is not None and "ewald-ref" in results and fastest != "ewald-ref":
             ref, fast = results["ewald-ref"], results[fastest]
-            error_e = abs(float(ref.energies[0] - fast.energies[0])) / len(atoms)
+            error_e = abs(float(ref.energies[0].detach() - fast.energies[0].detach())) / len(
+                atoms
+            )
             error_f = float((ref.forces[0] - fast.forces[0]).abs().max())
         row = [str(len(atoms))] + [f"{timings[n]:.3f}" for n in models]
         row += [f"{jax_time:.3f}", f"{jax_sr_time:.3f}"]

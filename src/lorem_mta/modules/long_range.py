@@ -136,7 +136,7 @@ class CoulombPotentials(torch.nn.Module):
         cutoff: float,
         method: str = "ewald",
         accuracy: Optional[float] = None,
-        pme_threshold: int = 1000,
+        pme_threshold: int = 200,
     ):
         super().__init__()
         if method not in ("ewald", "pme", "auto"):
