@@ -288,3 +288,23 @@ def test_error_truncated_checkpoint(trained, tmp_path, command):
     after = {name: digest(directory / name) for name in ["model.ckpt", "model.pt"]}
     assert before == after
     assert not (directory / "truncated.pt").exists()
+
+
+def test_error_unknown_atomic_types_at_finetuning(trained, tmp_path):
+    """Fine-tuning on a dataset with an element the model never saw fails before training."""
+    directory = copy_of(trained, tmp_path)
+    frames = ase.io.read(DATASET, ":")
+    frames[0].numbers[0] = 16  # one sulfur atom
+    ase.io.write(directory / "new.xyz", frames)
+    (directory / "finetune.yaml").write_text(
+        options(dataset="new.xyz", training="finetune:\n  read_from: model.ckpt\n")
+    )
+    before = digest(directory / "model.ckpt")
+    result = run(
+        ["mtt", "train", "finetune.yaml", "-o", "finetuned.pt"], directory, check=False
+    )
+    assert result.returncode != 0
+    log = result.stderr + result.stdout
+    assert "[16]" in log and "was not trained on" in log, log[-2000:]
+    assert not (directory / "finetuned.pt").exists()
+    assert digest(directory / "model.ckpt") == before
