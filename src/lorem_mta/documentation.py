@@ -51,6 +51,15 @@ In addition to the energy target, the model can output
 Last-layer features (``mtt::aux::energy_last_layer_features``, used by LLPR) are not
 available yet.
 
+Total charge
+------------
+
+With ``total_charge: true`` (and ``lr: true``) the model conditions on the total charge
+of every structure, read from the ``charge`` entry of the ``extra_data`` section of
+the dataset options (see ``total_charge`` below). Training stops with an error if the
+model needs the charge and a dataset does not provide it. Exported models request
+metatomic's per-system ``charge`` input; structures without it are treated as neutral.
+
 {{SECTION_DEFAULT_HYPERS}}
 
 {{SECTION_MODEL_HYPERS}}
@@ -136,6 +145,34 @@ class ModelHypers(TypedDict):
     their mixing into the features). Switching it off gives a purely local model with a
     finite interaction range (then LAMMPS can run it on several MPI ranks), and removes
     the ``lorem::charges`` and ``lorem::potentials`` outputs."""
+
+    total_charge: bool = False
+    """Whether the model conditions on the total charge of every structure (charged
+    molecules such as the SN2 reaction or Ag3+/Ag3- clusters). The scalar latent
+    charges of each structure are shifted by the same amount so that they add up to its
+    total charge (charge equilibration with a uniform correction); the structure's
+    Coulomb potentials, and so its energy, then depend on the charge, while the
+    geometry alone cannot tell two charge states apart. Needs ``lr: true``; adds no
+    parameters and a negligible cost. Not a lorem-jax option.
+
+    Training needs the charge of every structure as ``extra_data`` named ``charge``
+    in the dataset section of the options (``key`` is the ``info`` entry of the
+    extended XYZ file)::
+
+        training_set:
+          systems: data.xyz
+          targets:
+            energy:
+              key: energy
+          extra_data:
+            charge:
+              key: total_charge
+              unit: e
+
+    The exported model requests metatomic's per-system ``charge`` input: ASE
+    (``MetatomicCalculator``) reads it from ``atoms.info["charge"]``, ``mtt eval`` from
+    the same ``extra_data`` section; structures without it (engines that do not provide
+    it, such as LAMMPS) are neutral (total charge 0)."""
 
     long_range_method: Literal["ewald", "pme", "auto"] = "ewald"
     """How the Coulomb potentials of periodic structures are computed: ``"ewald"``

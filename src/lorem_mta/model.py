@@ -15,7 +15,12 @@ This is the only module that touches metatomic/metatensor objects. It
   equivariant TensorMaps (one block per ``(o3_lambda, o3_sigma)``, components ``o3_mu``
   in ``-l..l`` order, property ``channel`` = column of the charge stack: 0 is the scalar
   MLP charge, 1 the ``l = 0`` spherical charge, 2-4 the ``l = 1`` and 5-9 the ``l = 2``
-  components).
+  components);
+* with a backbone built with ``total_charge=True``, requests the per-system ``charge``
+  input (unit ``e``, metatomic's standard name: metatomic-ase fills it from
+  ``atoms.info["charge"]``, metatrain from the ``extra_data: charge`` section of the
+  options) and passes it to the backbone; systems without it are taken as neutral
+  (``Q = 0``), the documented default for engines that provide no such input (LAMMPS).
 """
 
 import math
@@ -39,6 +44,8 @@ MIN_DISTANCE = 0.1
 
 CHARGES = "lorem::charges"
 POTENTIALS = "lorem::potentials"
+#: name of the per-system total-charge input (metatomic's standard quantity)
+TOTAL_CHARGE = "charge"
 
 
 class LoremModel(torch.nn.Module):
@@ -65,6 +72,7 @@ class LoremModel(torch.nn.Module):
         self.atomic_types = sorted(set(int(t) for t in atomic_types))
         self.cutoff = float(backbone.cutoff)
         self.has_long_range = backbone.long_range is not None
+        self.total_charge = bool(backbone.total_charge)
         baseline = torch.zeros(100, dtype=torch.float64)
         for atomic_type, energy in (atomic_baseline or {}).items():
             baseline[int(atomic_type)] = float(energy)
@@ -86,6 +94,26 @@ class LoremModel(torch.nn.Module):
         :return: list with one :py:class:`NeighborListOptions`
         """
         return [self.neighbor_options]
+
+    def requested_inputs(self) -> Dict[str, ModelOutput]:
+        """Extra inputs: the per-system total charge when the model conditions on it.
+
+        Engines that do not provide it (or provide it for some systems only) are not
+        refused: such systems are treated as neutral, unless the engine runs the model
+        with ``check_consistency`` on, where metatomic requires every requested input.
+
+        :return: ``{"charge": ModelOutput(unit="e", sample_kind="system")}`` with
+            ``total_charge=True``, else an empty dictionary
+        """
+        if not self.total_charge:
+            return {}
+        return {
+            TOTAL_CHARGE: ModelOutput(
+                unit="e",
+                sample_kind="system",
+                description="total charge of the system (0 when not provided)",
+            )
+        }
 
     def outputs(self) -> Dict[str, ModelOutput]:
         """Outputs this model can compute.
@@ -158,6 +186,9 @@ class LoremModel(torch.nn.Module):
         cells = torch.stack(cells_list)
         mask = torch.ones(types.shape[0], dtype=torch.bool, device=device)
         lr_atoms: Optional[torch.Tensor] = None
+        total_charges: Optional[torch.Tensor] = None
+        if self.total_charge:
+            total_charges = self._total_charges(systems, dtype, device)
         if selected_atoms is not None:
             mask = self._selection_mask(selected_atoms, atom_ptr, types.shape[0], device)
             if self.has_long_range:
@@ -173,6 +204,7 @@ class LoremModel(torch.nn.Module):
             pair_ptr,
             periodic,
             lr_atoms,
+            total_charges,
         )
 
         system_index = torch.cat(
@@ -257,6 +289,30 @@ class LoremModel(torch.nn.Module):
             + str(pbc)
             + " (1D and 2D periodicity are not supported)"
         )
+
+    def _total_charges(
+        self, systems: List[System], dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor:
+        """Total charge of every system from its ``charge`` data (0 if absent)."""
+        values: List[torch.Tensor] = []
+        for k, system in enumerate(systems):
+            # a literal: TorchScript can not read module-level strings
+            if "charge" in system.known_data():
+                charge = system.get_data("charge").block().values
+                if charge.numel() != 1:
+                    raise ValueError(
+                        "the 'charge' input must hold one total charge per system, got "
+                        + str(charge.numel())
+                        + " values for system "
+                        + str(k)
+                    )
+                charge = charge.reshape(1).to(device=device, dtype=dtype)
+                if not bool(torch.isfinite(charge).all()):
+                    raise ValueError("the total charge of system " + str(k) + " is not finite")
+                values.append(charge)
+            else:
+                values.append(torch.zeros(1, dtype=dtype, device=device))
+        return torch.cat(values)
 
     def _check_distances(self, vectors: torch.Tensor) -> None:
         if vectors.shape[0] > 0:

@@ -6,6 +6,12 @@ validation, periodic and non-periodic structures in one batch, ``selected_atoms`
 module adds what metatrain needs around it: one energy-like target with any name, the
 composition baseline and the scaler (applied in evaluation mode, as in metatrain's PET
 and SOAP-BPNN), checkpoints and export.
+
+With ``total_charge: true`` the model requests the per-system ``charge`` input (see
+:py:meth:`LoremMta.requested_inputs`); the trainer attaches it to the systems from the
+``charge`` extra data of the datasets. Checkpoints store ``total_charge`` in the model
+hyperparameters only when it is on, so that checkpoints of models without it keep the
+version-1 layout (checkpoints without the entry load with the default, off).
 """
 
 import logging
@@ -79,6 +85,7 @@ class LoremMta(ModelInterface[ModelHypers]):
                 if self.hypers["long_range_accuracy"] is None
                 else float(self.hypers["long_range_accuracy"])
             ),
+            total_charge=bool(self.hypers["total_charge"]),
         )
         # the network (its own `atomic_baseline` stays zero: the composition model below
         # is the baseline)
@@ -111,6 +118,14 @@ class LoremMta(ModelInterface[ModelHypers]):
         :return: dictionary of output name to :py:class:`ModelOutput`
         """
         return self.outputs
+
+    def requested_inputs(self) -> Dict[str, ModelOutput]:
+        """Extra per-system inputs: ``charge`` (unit ``e``) with ``total_charge: true``.
+
+        :return: dictionary of input name to :py:class:`ModelOutput` (empty without
+            ``total_charge``)
+        """
+        return self.lorem.requested_inputs()
 
     def requested_neighbor_lists(self) -> List[NeighborListOptions]:
         """The neighbour list of :py:class:`~lorem_mta.model.LoremModel`.
@@ -280,7 +295,7 @@ class LoremMta(ModelInterface[ModelHypers]):
             "model_ckpt_version": self.__checkpoint_version__,
             "metadata": self.metadata,
             "model_data": {
-                "model_hypers": self.hypers,
+                "model_hypers": _checkpoint_hypers(self.hypers),
                 "dataset_info": self.dataset_info,
             },
             "epoch": None,
@@ -350,6 +365,19 @@ def _energy_target(targets: Dict[str, TargetInfo]) -> str:
     )
 
 
+def _checkpoint_hypers(hypers: Dict[str, Any]) -> Dict[str, Any]:
+    """Model hyperparameters as stored in checkpoints.
+
+    ``total_charge`` (added after version 1 of the checkpoints) is only written when it
+    is on: checkpoints of models without it keep exactly the version-1 layout, and
+    :py:meth:`LoremMta.__init__` fills in the default when the entry is missing.
+    """
+    stored = dict(hypers)
+    if not stored.get("total_charge", False):
+        stored.pop("total_charge", None)
+    return stored
+
+
 def _check_hypers(hypers: Dict[str, Any]) -> None:
     """Reject invalid model hyperparameters with a message naming the value."""
     if not float(hypers["cutoff"]) > 0.0:
@@ -368,6 +396,11 @@ def _check_hypers(hypers: Dict[str, Any]) -> None:
     accuracy = hypers["long_range_accuracy"]
     if accuracy is not None and not 0.0 < float(accuracy) < 1.0:
         raise ValueError(f"long_range_accuracy must be between 0 and 1, got {accuracy}")
+    if hypers["total_charge"] and not hypers["lr"]:
+        raise ValueError(
+            "total_charge: true needs the long-range block (lr: true): the total charge "
+            "is imposed on the latent charges of the long-range part"
+        )
     if hypers["cutoff_fn"] != "cosine_cutoff":
         raise ValueError(f"cutoff_fn must be 'cosine_cutoff', got '{hypers['cutoff_fn']}'")
     if hypers["radial_basis"] != "basic_bernstein":

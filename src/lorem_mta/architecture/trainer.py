@@ -15,7 +15,10 @@ SLURM helpers. Differences, to keep in mind when re-syncing with upstream:
 * checkpoints are written atomically (temporary file in the same folder, then
   ``os.replace``), so an interrupted write never leaves a truncated ``.ckpt``;
 * a string ``loss`` (``"mse"``, when the trainer is used outside ``mtt train``) is
-  expanded to one term per target and gradient.
+  expanded to one term per target and gradient;
+* the per-system inputs the model requests (``charge`` with ``total_charge: true``) are
+  attached to the systems from the datasets' extra data, as metatrain's PET does, but a
+  dataset without them is an error instead of a warning.
 """
 
 import copy
@@ -61,6 +64,7 @@ from metatrain.utils.neighbor_lists import (
 )
 from metatrain.utils.per_atom import average_by_num_atoms
 from metatrain.utils.scaler import get_remove_scale_transform
+from metatrain.utils.system_data import get_system_data_transform
 from metatrain.utils.transfer import batch_to
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DistributedSampler
@@ -175,6 +179,9 @@ class Trainer(TrainerInterface[TrainerHypers]):
             device, world_size, rank = devices[0], 1, 0
             logging.info(f"Training on device {device} with dtype {dtype}")
 
+        _check_system_inputs(
+            list(model.requested_inputs().keys()), train_datasets, val_datasets
+        )
         train_targets = model.dataset_info.targets
         _check_loss_gradients(_loss_config(hypers["loss"], train_targets), train_targets)
 
@@ -442,10 +449,15 @@ class Trainer(TrainerInterface[TrainerHypers]):
         model.scaler.scales_to(device=device, dtype=torch.float64)
 
         train_targets = model.dataset_info.targets
+        system_inputs = list(model.requested_inputs().keys())
+        input_transforms = (
+            [get_system_data_transform(system_inputs)] if len(system_inputs) > 0 else []
+        )
         collate_fn = CollateFn(
             target_keys=list(train_targets.keys()),
             callables=[
                 get_system_with_neighbor_lists_transform(get_requested_neighbor_lists(model)),
+                *input_transforms,
                 get_remove_additive_transform(additive_models, train_targets),
                 get_remove_scale_transform(scaler),
             ],
@@ -564,6 +576,42 @@ def _check_hypers(hypers: TrainerHypers) -> None:
     for name in ["log_interval", "checkpoint_interval", "batch_size"]:
         if hypers[name] < 1:
             raise ValueError(f"{name} must be at least 1, got {hypers[name]}")
+
+
+def _check_system_inputs(
+    names: List[str],
+    train_datasets: List[Union[Dataset, torch.utils.data.Subset]],
+    val_datasets: List[Union[Dataset, torch.utils.data.Subset]],
+) -> None:
+    """Fail before training when a dataset lacks a per-system input the model needs.
+
+    metatrain's PET only warns and trains on default values; for LOREM's
+    ``total_charge`` that would silently train a model that cannot tell charge states
+    apart, so it is an error naming the dataset, the missing field and the fix.
+    """
+    if len(names) == 0:
+        return
+    splits = [("training", train_datasets), ("validation", val_datasets)]
+    for split, datasets in splits:
+        for index, dataset in enumerate(datasets):
+            if len(dataset) == 0:
+                continue
+            sample = dataset[0]
+            fields = set(sample._asdict() if hasattr(sample, "_asdict") else sample)
+            missing = [name for name in names if name not in fields]
+            if len(missing) == 0:
+                continue
+            which = f"{split} set" + (f" number {index}" if len(datasets) > 1 else "")
+            others = sorted(fields - {"system"})
+            raise ValueError(
+                f"the model has `total_charge: true` and needs the per-structure input(s) "
+                f"{missing}, but the {which} has no such field (it has {others}). Add "
+                "the total charge of every structure to the `extra_data` section of this "
+                "dataset in the options file, under the name 'charge', with `key` the "
+                "per-structure (atoms.info) entry of the file that holds it, e.g.\n"
+                "  extra_data:\n    charge:\n      key: total_charge\n      unit: e\n"
+                "or train with `total_charge: false`"
+            )
 
 
 def _optimizer(model: torch.nn.Module, hypers: TrainerHypers) -> torch.optim.Optimizer:

@@ -6,8 +6,8 @@ Reads like the paper's data flow (arXiv:2507.19382, Fig. 1 and Sec. 5):
 2. the initial short-range step (spherical density and self tensor product), energy
    readout :math:`E^{(0)}_i`;
 3. ``num_message_passing`` optional message-passing steps, readouts :math:`E^{(t)}_i`;
-4. the long-range block (charges, Ewald/direct potentials, mixing), readout
-   :math:`E^{LR}_i`.
+4. the long-range block (charges, optionally shifted to each structure's total charge,
+   Ewald/direct potentials, mixing), readout :math:`E^{LR}_i`.
 
 :math:`E_i = E^{(0)}_i + \sum_t E^{(t)}_i + E^{LR}_i`. The backbone never sees metatomic
 objects: the adapter in :py:mod:`lorem_mta.model` flattens systems into the tensors below,
@@ -57,6 +57,9 @@ class LoremBackbone(torch.nn.Module):
         PME for large structures) for periodic structures
     :param long_range_accuracy: accuracy of the reciprocal-space sum; ``None`` keeps the
         reference (lorem-jax) settings
+    :param total_charge: condition on the total charge of every structure: the scalar
+        latent charges are shifted uniformly to add up to it (needs ``lr``; adds no
+        parameters; not in lorem-jax)
     """
 
     def __init__(
@@ -74,12 +77,19 @@ class LoremBackbone(torch.nn.Module):
         initialize_node_features: bool = True,
         long_range_method: str = "ewald",
         long_range_accuracy: Optional[float] = None,
+        total_charge: bool = False,
     ):
         super().__init__()
+        if total_charge and not lr:
+            raise ValueError(
+                "total_charge=True needs the long-range block (lr=True): the total charge "
+                "is imposed on the latent charges"
+            )
         d, s, L = num_features, num_spherical_features, max_degree
         self.cutoff = cutoff
         self.num_features = d
         self.num_charge_channels = 1 + (max_degree_lr + 1) ** 2 if lr else 0
+        self.total_charge = bool(total_charge)
         self.embedding = ChemicalEmbedding(num_species)
         self.radial_basis = BernsteinBasis(num_radial, cutoff)
         self.spherical_harmonics = SphericalHarmonics(L)
@@ -110,6 +120,7 @@ class LoremBackbone(torch.nn.Module):
         pair_ptr: List[int],
         periodic: List[bool],
         lr_atoms: Optional[torch.Tensor] = None,
+        total_charges: Optional[torch.Tensor] = None,
     ) -> BackboneOutput:
         """Atomic energies of a batch of structures.
 
@@ -124,6 +135,9 @@ class LoremBackbone(torch.nn.Module):
         :param pair_ptr: first pair of every structure, plus the total
         :param periodic: for every structure, periodic in 3D (True) or a molecule
         :param lr_atoms: optional mask of atoms taking part in the long-range sum
+        :param total_charges: total charge of every structure, shape
+            ``(n_structures,)``; used only with ``total_charge=True``, where ``None``
+            means neutral structures
         :return: :py:class:`BackboneOutput`
         """
         # -- initial embeddings --
@@ -150,6 +164,10 @@ class LoremBackbone(torch.nn.Module):
         potentials = charges
         if self.long_range is not None and self.long_range_readout is not None:
             charges = self.long_range.charges(nodes_scalar, nodes_spherical)
+            if self.total_charge:
+                charges = self.long_range.equilibrate(
+                    charges, total_charges, atom_ptr, lr_atoms
+                )
             potentials = self.long_range.potentials(
                 charges,
                 positions,

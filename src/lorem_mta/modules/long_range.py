@@ -9,6 +9,12 @@ self tensor product of the spherical features,
     q_i = \mathrm{MLP}(x_i), \qquad Q_i = \mathrm{TensorDense}(S_i)
     \in \mathbb{R}^{(L_{lr}+1)^2}.
 
+**Total charge** (optional). With ``total_charge`` on, the scalar charges of every
+structure are shifted uniformly so that they add up to its total charge :math:`Q` (a
+per-structure input), :math:`q_i \leftarrow q_i + (Q - \sum_j q_j) / N`, see
+:py:meth:`LongRange.equilibrate`. Structures with different net charges then get different
+potentials, and so different energies, at the same geometry.
+
 **Potentials.** Every channel :math:`\alpha` goes through the same Coulomb operator
 (prefactor 1):
 
@@ -267,6 +273,51 @@ class LongRange(torch.nn.Module):
         """
         spherical = self.spherical_charges(nodes_spherical)[..., 0]
         return torch.cat([self.scalar_charge(nodes_scalar), spherical], dim=-1)
+
+    def equilibrate(
+        self,
+        charges: torch.Tensor,
+        total_charges: Optional[torch.Tensor],
+        atom_ptr: List[int],
+        lr_atoms: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        r"""Shift the scalar charges so that they add up to each structure's total charge.
+
+        Charge equilibration with a uniform correction: for every structure,
+        :math:`q_i \leftarrow q_i + (Q - \sum_j q_j) / N`, where the sum and :math:`N`
+        run over the atoms that take part in the long-range sum (``lr_atoms``). Every
+        atom of the structure (ghosts included, so that they stay copies of their
+        images) gets the same shift. Only channel 0 (the scalar MLP charge) changes; the
+        shift is invariant under rotations and permutations and differentiable.
+
+        :param charges: tensor of shape ``(n_atoms, n_channels)``
+        :param total_charges: tensor of shape ``(n_structures,)``, ``None`` for neutral
+            structures
+        :param atom_ptr: first atom of every structure, plus the total
+        :param lr_atoms: optional boolean mask of the atoms in the long-range sum
+        :return: tensor of shape ``(n_atoms, n_channels)``
+        """
+        n_structures = len(atom_ptr) - 1
+        device, dtype = charges.device, charges.dtype
+        counts = torch.tensor(
+            [atom_ptr[k + 1] - atom_ptr[k] for k in range(n_structures)],
+            dtype=torch.long,
+            device=device,
+        )
+        structure = torch.repeat_interleave(
+            torch.arange(n_structures, device=device), counts, output_size=charges.shape[0]
+        )
+        scalar = charges[:, 0]
+        weights = torch.ones_like(scalar) if lr_atoms is None else lr_atoms.to(dtype)
+        zeros = torch.zeros(n_structures, dtype=dtype, device=device)
+        n_atoms = zeros.index_add(0, structure, weights)
+        current = zeros.index_add(0, structure, scalar * weights)
+        target = zeros
+        if total_charges is not None:
+            target = total_charges.to(device=device, dtype=dtype).reshape(n_structures)
+        shift = (target - current) / n_atoms.clamp(min=1.0)
+        scalar = scalar + shift[structure]
+        return torch.cat([scalar.unsqueeze(-1), charges[:, 1:]], dim=-1)
 
     def potentials(
         self,
