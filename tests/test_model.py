@@ -365,3 +365,13 @@ def test_float32_agrees_with_float64(variant, structure):
     assert relative_error(single.energies, reference.energies) < 1e-5
     assert relative_error(single.forces[0], reference.forces[0]) < 1e-4
     assert relative_error(single.virials, reference.virials) < 1e-4
+
+
+def test_huge_periodic_cell_gives_a_clear_error():
+    """A molecule in a 200 A periodic box would need ~30 million k-vectors (OOM)."""
+    model = make_model(max_degree_lr=1)
+    atoms = ase.Atoms("NaCl", positions=[[0, 0, 0], [2.5, 0, 0]], cell=[200] * 3, pbc=True)
+    with pytest.raises(ValueError, match="too large for the long-range sum"):
+        predict(model, [atoms])
+    atoms.pbc = False  # the advice in the message works
+    assert np.isfinite(predict(model, [atoms]).energies[0].item())

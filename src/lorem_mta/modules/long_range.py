@@ -151,6 +151,9 @@ class CoulombPotentials(torch.nn.Module):
             raise ValueError(f"the long-range accuracy must be in (0, 1), got {accuracy}")
         self.method = method
         self.pme_threshold = pme_threshold
+        # guards against running out of memory (~10 GB) on huge cells
+        self.max_kvectors = 4.0e6
+        self.max_mesh_points = 4.0e8
         self.smearing = cutoff / 4.0
         self.lr_wavelength = cutoff / 8.0
         if accuracy is not None:
@@ -211,6 +214,7 @@ class CoulombPotentials(torch.nn.Module):
         use_pme = self.method == "pme" or (
             self.method == "auto" and positions.shape[0] >= self.pme_threshold
         )
+        self._check_cost(cell, charges.shape[1], use_pme)
         if use_pme:
             return self.pme(
                 charges=charges,
@@ -227,6 +231,32 @@ class CoulombPotentials(torch.nn.Module):
             neighbor_distances=distances,
             kvectors=ewald_kvectors(cell, self.lr_wavelength),
         )
+
+    def _check_cost(self, cell: torch.Tensor, n_channels: int, use_pme: bool) -> None:
+        """Refuse cells whose reciprocal-space grid would exhaust the memory.
+
+        The smearing is tied to the cutoff, so the number of k-vectors (Ewald) or mesh
+        points (PME) grows with the cell volume: a molecule in a huge periodic box costs
+        as much as a dense system filling it.
+        """
+        lengths = torch.linalg.norm(cell.detach().to(torch.float64), dim=1)
+        if use_pme:
+            # torch-pme rounds 2 |h| / spacing + 1 up to a power of two
+            points = torch.pow(2, torch.ceil(torch.log2(2 * lengths / self.smearing + 1)))
+            size = float(points.prod()) * n_channels
+            limit = self.max_mesh_points
+        else:
+            size = float(torch.ceil(lengths / self.lr_wavelength).prod())
+            limit = self.max_kvectors
+        if size > limit:
+            raise ValueError(
+                "this periodic cell is too large for the long-range sum ("
+                + str(int(size))
+                + " reciprocal-space points, the limit is "
+                + str(int(limit))
+                + "): for a molecule or cluster in a box use pbc=False; otherwise use "
+                "long_range_method='pme' or 'auto' (and/or long_range_accuracy) for Ewald"
+            )
 
 
 class LongRange(torch.nn.Module):
