@@ -114,8 +114,10 @@ def test_checkpoint_names_the_architecture(trained):
 
     checkpoint = torch.load(trained / "model.ckpt", weights_only=False)
     assert checkpoint["architecture_name"] == "experimental.lorem_mta"
-    assert checkpoint["model_ckpt_version"] == 1
-    assert checkpoint["trainer_ckpt_version"] == 1
+    from lorem_mta.architecture import LoremMta, Trainer
+
+    assert checkpoint["model_ckpt_version"] == LoremMta.__checkpoint_version__
+    assert checkpoint["trainer_ckpt_version"] == Trainer.__checkpoint_version__
     assert checkpoint["epoch"] == 0
 
 

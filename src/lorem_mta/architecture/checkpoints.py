@@ -24,10 +24,25 @@ to ``v + 1``:
 and a reference checkpoint of every version is kept in ``tests/checkpoints/`` so that the
 upgrade path stays tested (metatrain's ``CheckpointTests``).
 
-Model and trainer are both at version 1: there is nothing to upgrade yet.
+History: model version 2 drops two index buffers of the Clebsch-Gordan tensor products
+(``column_path`` and ``column_out``) that the contraction no longer uses; the trainer is at
+version 1.
 """
 
 from typing import Any, Dict
+
+
+def model_update_v1_v2(checkpoint: Dict[str, Any]) -> None:
+    """Drop the ``column_path`` / ``column_out`` buffers of the tensor products.
+
+    :param checkpoint: the checkpoint dictionary, modified in place
+    """
+    for key in ["model_state_dict", "best_model_state_dict"]:
+        state_dict = checkpoint.get(key)
+        if state_dict is None:
+            continue
+        for name in [n for n in state_dict if n.endswith((".column_path", ".column_out"))]:
+            del state_dict[name]
 
 
 def upgrade(checkpoint: Dict[str, Any], kind: str, current: int) -> Dict[str, Any]:

@@ -54,7 +54,7 @@ class LoremMta(ModelInterface[ModelHypers]):
     :param dataset_info: atomic types, length unit and the (single, energy-like) target
     """
 
-    __checkpoint_version__ = 1
+    __checkpoint_version__ = 2
     __supported_devices__ = ["cuda", "cpu"]
     __supported_dtypes__ = [torch.float32, torch.float64]
     __default_metadata__ = default_metadata()

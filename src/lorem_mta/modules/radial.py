@@ -159,11 +159,14 @@ class RadialCoefficients(torch.nn.Module):
         ).reshape(n_species * n_species, -1)
         coefficients = self.mlp(pair_inputs).reshape(-1, self.num_radial, self.features)
         pair_type = species_index[centers] * n_species + species_index[neighbors]
-        output = torch.zeros(
-            (radial.shape[0], self.features), dtype=radial.dtype, device=radial.device
-        )
-        present: List[int] = torch.unique(pair_type).tolist()
-        for t in present:
-            selected = torch.nonzero(pair_type == t).reshape(-1)
-            output = output.index_copy(0, selected, radial[selected] @ coefficients[t])
-        return output
+        # pairs sorted by type, one matrix product per type, then back to the pair order
+        # (one gather instead of an update of the whole output per type, which the
+        # double backward of force training would copy once per type)
+        order = torch.argsort(pair_type)
+        counts: List[int] = torch.bincount(pair_type, minlength=n_species * n_species).tolist()
+        chunks = torch.split(radial[order], counts)
+        per_type = torch.unbind(coefficients)
+        output = torch.cat([chunks[t] @ per_type[t] for t in range(len(chunks))])
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.shape[0], device=order.device)
+        return output[inverse]

@@ -128,8 +128,8 @@ class TensorProduct(torch.nn.Module):
     The contraction is grouped by input pair ``(l1, l2)``: the outer product of the two
     input blocks, ``(n, F, (2 l1 + 1)(2 l2 + 1))``, is multiplied by the matrix of every
     allowed output ``l3`` stacked side by side, then weighted per path and channel and
-    summed into the output blocks. This touches only the non-zero ``(l1, l2, l3)`` blocks
-    and uses dense matrix products inside them.
+    added to the output block of every ``l3``. This touches only the non-zero
+    ``(l1, l2, l3)`` blocks and uses dense matrix products inside them.
 
     :param max_degree_1: largest degree ``L1`` of the first input
     :param max_degree_2: largest degree ``L2`` of the second input
@@ -146,11 +146,15 @@ class TensorProduct(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.zeros(*shape, features))
 
         paths = allowed_paths(max_degree_1, max_degree_2, max_degree_out)
-        # one entry per input pair: (start 1, size 1, start 2, size 2, offset, columns)
+        self.sizes_1: List[int] = [2 * l + 1 for l in range(max_degree_1 + 1)]
+        self.sizes_2: List[int] = [2 * l + 1 for l in range(max_degree_2 + 1)]
+        self.sizes_out: List[int] = [2 * l + 1 for l in range(max_degree_out + 1)]
+        # one entry per input pair: (l1, l2, offset in cg, columns, first output, outputs)
         self.pairs: List[Tuple[int, int, int, int, int, int]] = []
+        # output degrees of every pair, one after the other, and their sizes
+        self.pair_outputs: List[int] = []
+        self.pair_output_sizes: List[int] = []
         matrices: List[np.ndarray] = []
-        column_path: List[int] = []
-        column_out: List[int] = []
         offset = 0
         for l1, l2 in sorted({(p[0], p[1]) for p in paths}):
             outputs = [p[2] for p in paths if p[0] == l1 and p[1] == l2]
@@ -161,18 +165,15 @@ class TensorProduct(torch.nn.Module):
                 ],
                 axis=1,
             )
-            for l3 in outputs:
-                column_path += [(l1 * shape[1] + l2) * shape[2] + l3] * (2 * l3 + 1)
-                column_out += list(range(l3 * l3, (l3 + 1) ** 2))
             self.pairs.append(
-                (l1 * l1, 2 * l1 + 1, l2 * l2, 2 * l2 + 1, offset, matrix.shape[1])
+                (l1, l2, offset, matrix.shape[1], len(self.pair_outputs), len(outputs))
             )
+            self.pair_outputs += outputs
+            self.pair_output_sizes += [2 * l3 + 1 for l3 in outputs]
             matrices.append(matrix.reshape(-1))
             offset += matrix.size
 
         self.register_buffer("cg", torch.tensor(np.concatenate(matrices), dtype=torch.float64))
-        self.register_buffer("column_path", torch.tensor(column_path, dtype=torch.long))
-        self.register_buffer("column_out", torch.tensor(column_out, dtype=torch.long))
         self._init_weights(paths, shape)
 
     def _init_weights(self, paths: List[Tuple[int, int, int]], shape: Tuple) -> None:
@@ -190,20 +191,27 @@ class TensorProduct(torch.nn.Module):
         :return: tensor of shape ``(n, (L_out + 1)^2, F)``
         """
         n, n_features = x.shape[0], self.weight.shape[-1]
-        x_t = x.transpose(1, 2)  # [n, F, lm]
-        y_t = y.transpose(1, 2)
+        # split (not slice) the inputs per degree and accumulate the outputs per degree:
+        # the backward of a split is one concatenation, while every slice of a large
+        # tensor costs a zero-filled copy of it in the double backward of force training
+        xs = torch.split(x.transpose(1, 2), self.sizes_1, dim=2)  # [n, F, 2 l1 + 1]
+        ys = torch.split(y.transpose(1, 2), self.sizes_2, dim=2)
         cg = self.cg.to(x.dtype)
-        columns: List[torch.Tensor] = []
-        for start_1, size_1, start_2, size_2, offset, width in self.pairs:
-            outer = x_t[:, :, start_1 : start_1 + size_1].unsqueeze(-1) * y_t[
-                :, :, start_2 : start_2 + size_2
-            ].unsqueeze(-2)  # [n, F, size_1, size_2]
+        outs: List[torch.Tensor] = [
+            torch.zeros((n, n_features, size), dtype=x.dtype, device=x.device)
+            for size in self.sizes_out
+        ]
+        for l1, l2, offset, width, first, count in self.pairs:
+            size_1, size_2 = self.sizes_1[l1], self.sizes_2[l2]
+            outer = xs[l1].unsqueeze(-1) * ys[l2].unsqueeze(-2)  # [n, F, size_1, size_2]
             block = cg[offset : offset + size_1 * size_2 * width].view(size_1 * size_2, width)
-            columns.append(outer.reshape(n, n_features, size_1 * size_2) @ block)
-        weights = self.weight.reshape(-1, n_features)[self.column_path].T  # [F, columns]
-        weighted = torch.cat(columns, dim=2) * weights  # [n, F, columns]
-        out = torch.zeros((n, n_features, self.n_out), dtype=x.dtype, device=x.device)
-        return out.index_add(2, self.column_out, weighted).transpose(1, 2)
+            coupled = outer.reshape(n, n_features, size_1 * size_2) @ block
+            chunks = torch.split(coupled, self.pair_output_sizes[first : first + count], dim=2)
+            for k in range(count):
+                l3 = self.pair_outputs[first + k]
+                path_weight = self.weight[l1, l2, l3].unsqueeze(-1)  # [F, 1]
+                outs[l3] = outs[l3] + chunks[k] * path_weight
+        return torch.cat(outs, dim=2).transpose(1, 2)
 
 
 class TensorDense(torch.nn.Module):
