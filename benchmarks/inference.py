@@ -7,6 +7,8 @@ Compares, in the same run and on the same structures,
 * lorem_mta with PME,
 * lorem_mta without the long-range block,
 * lorem-jax 0.2.0 (jitted, run from ``.venv-jax`` if present; see setup-jax-venv.sh),
+* with ``--pet``: metatrain's PET (default hyperparameters, ~3 M parameters) with and
+  without its long-range option (P3M), what a user might pick instead,
 
 and prints medians, ratios, the short-/long-range split and peak memory. Also reports the
 energy/force error of the fast settings against the reference mode.
@@ -47,6 +49,21 @@ def nacl(size):
     atoms = ase.build.bulk("NaCl", "rocksalt", a=5.64, cubic=True).repeat(size)
     atoms.rattle(0.05, seed=0)
     return atoms
+
+
+def pet_model(long_range):
+    """metatrain's PET with its default hyperparameters (untrained), in eval mode."""
+    from metatrain.utils.architectures import get_default_hypers, import_architecture
+    from metatrain.utils.data import DatasetInfo
+    from metatrain.utils.data.target_info import get_energy_target_info
+
+    hypers = get_default_hypers("pet")["model"]
+    hypers["long_range"]["enable"] = long_range
+    target = get_energy_target_info("energy", {"quantity": "energy", "unit": "eV"})
+    info = DatasetInfo(
+        length_unit="angstrom", atomic_types=[11, 17], targets={"energy": target}
+    )
+    return import_architecture("pet").__model__(hypers, info).eval()
 
 
 def peak_rss_mb():
@@ -97,6 +114,7 @@ def main():
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--no-jax", action="store_true")
+    parser.add_argument("--pet", action="store_true", help="also time metatrain's PET")
     parser.add_argument(
         "--jax-sizes",
         default="2,3,4",
@@ -116,6 +134,12 @@ def main():
         backbone = LoremBackbone(**VARIANTS[name])
         backbone.load_state_dict(reference.state_dict(), strict=False)
         models[name] = LoremModel(backbone, [11, 17]).to(dtype)
+    if args.pet:
+        models["pet"] = pet_model(long_range=False).to(dtype)
+        models["pet-lr"] = pet_model(long_range=True).to(dtype)
+    for name, model in models.items():
+        n_parameters = sum(p.numel() for p in model.parameters())
+        print(f"# {name}: {n_parameters} parameters")
 
     jax_lr, jax_sr = {}, {}
     if not args.no_jax:
@@ -125,6 +149,8 @@ def main():
 
     header = ["N"] + [f"{n} (s)" for n in models] + ["jax (s)", "jax no-lr (s)"]
     header += ["jax / ewald-ref", "jax / fastest", "LR share", "fast dE/atom", "fast max dF"]
+    if args.pet:
+        header += ["pet-lr / fastest", "pet / fastest"]
     print(" | ".join(header))
     for size in sizes:
         atoms = nacl(size)
@@ -137,7 +163,9 @@ def main():
                 print(f"# {name} failed at {len(atoms)} atoms: {str(error)[:100]}")
         jax_time = jax_lr.get(len(atoms), {}).get("median_s", float("nan"))
         jax_sr_time = jax_sr.get(len(atoms), {}).get("median_s", float("nan"))
-        with_lr = [n for n in timings if n != "no-lr" and np.isfinite(timings[n])]
+        with_lr = [
+            n for n in timings if n in VARIANTS and n != "no-lr" and np.isfinite(timings[n])
+        ]
         fastest = min(with_lr, key=lambda n: timings[n]) if with_lr else None
         share = float("nan")
         if "no-lr" in timings and fastest is not None:
@@ -158,6 +186,8 @@ def main():
             f"{error_e:.1e}",
             f"{error_f:.1e}",
         ]
+        if args.pet and fastest is not None:
+            row += [f"{timings[n] / timings[fastest]:.1f}" for n in ("pet-lr", "pet")]
         print(" | ".join(row), flush=True)
     print(f"# peak RSS {peak_rss_mb():.0f} MB")
 

@@ -23,7 +23,7 @@ followed by another norm update. Every stage ends with a residual energy readout
 :math:`E_i \mathrel{+}= \mathrm{MLP}_{[d, d, 1]}(x_i)`.
 """
 
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 
@@ -50,13 +50,19 @@ class _SphericalCoefficients(torch.nn.Module):
         self.max_degree = max_degree
         self.num_spherical = num_spherical
         self.dense = Linear(num_features, (max_degree + 1) * num_spherical, bias=False)
-        self.register_buffer("degrees", degree_index(max_degree), persistent=False)
+        self.sizes: List[int] = [2 * l + 1 for l in range(max_degree + 1)]
 
     def forward(self, edges_scalar: torch.Tensor, harmonics: torch.Tensor) -> torch.Tensor:
         coefficients = self.dense(edges_scalar).reshape(
             -1, self.max_degree + 1, self.num_spherical
         )
-        return coefficients[:, self.degrees] * harmonics.unsqueeze(-1)  # [P, lm, s]
+        # one broadcast product per degree (no gather of the coefficients over m)
+        per_degree = coefficients.unbind(1)  # [P, s] each
+        blocks = torch.split(harmonics, self.sizes, dim=1)  # [P, 2l + 1] each
+        return torch.cat(
+            [blocks[l].unsqueeze(-1) * per_degree[l].unsqueeze(1) for l in range(len(blocks))],
+            dim=1,
+        )  # [P, lm, s]
 
 
 class InitialStep(torch.nn.Module):
