@@ -382,7 +382,9 @@ def test_mtt_train_with_charges(tmp_path):
     import metatomic.torch  # noqa: F401 (checkpoints hold metatomic objects)
 
     checkpoint = torch.load(tmp_path / "model.ckpt", weights_only=False)
-    assert checkpoint["model_ckpt_version"] == 1
+    from lorem_mta.architecture import LoremMta
+
+    assert checkpoint["model_ckpt_version"] == LoremMta.__checkpoint_version__
     assert checkpoint["model_data"]["model_hypers"]["total_charge"] is True
     assert "charge" in checkpoint["model_data"]["dataset_info"].extra_data
 
