@@ -51,7 +51,11 @@ def main():
     nacl.rattle(0.05, seed=1)
     water = ase.build.molecule("H2O")
     calculators = {"LOREM": MetatomicCalculator(lorem), "LOREM+D3": MetatomicCalculator(path)}
+    known = set(lorem.capabilities().atomic_types)
     for name, atoms in [("NaCl (periodic)", nacl), ("H2O (molecule)", water)]:
+        if not set(atoms.numbers) <= known:
+            print(f"{name:16s} skipped: the model does not know all its atomic types")
+            continue
         energies = {}
         for label, calculator in calculators.items():
             atoms.calc = calculator
