@@ -12,7 +12,6 @@ from typing import Dict, List, Optional
 import ase
 import ase.build
 import numpy as np
-import sphericart.torch
 import torch
 from metatensor.torch import Labels, TensorMap
 from metatomic.torch import ModelOutput
@@ -147,6 +146,8 @@ def wigner_d(degree: int, rotation: np.ndarray, n_points: int = 200) -> np.ndarr
     Solves ``Y(R x) = D Y(x)`` by least squares on random unit vectors. For an improper
     ``rotation`` this includes the ``(-1)^l`` of a proper (``o3_sigma = 1``) tensor.
     """
+    import sphericart.torch  # here: fresh processes build test models without loading it
+
     rng = np.random.default_rng(12345)
     x = rng.normal(size=(n_points, 3))
     x /= np.linalg.norm(x, axis=1, keepdims=True)

@@ -11,6 +11,7 @@ import textwrap
 import ase
 import numpy as np
 import pytest
+import sphericart.torch  # noqa: F401  (loaded, so that export collects its extension)
 import torch
 from _helpers import (
     CUTOFF,
