@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _helpers import molecule, nacl_cell, relative_error
+from _helpers import MEASURED, molecule, nacl_cell, relative_error
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "examples" / "cpp"
@@ -229,4 +229,6 @@ def test_cpp_lammps_like_ghosts(executable, exported):
     assert result["ghosts"] > 10 * result["atoms"]
     periodic = _run(executable, exported, "periodic")
     assert result["pairs"] == periodic["pairs"]
+    worst = {key.split("::")[-1]: value for key, value in MEASURED.items() if "test_cpp" in key}
     print(f"\nC++ build and run times (s): {json.dumps(TIMINGS)}")
+    print(f"largest relative deviations C++ vs Python: {json.dumps(worst)}")
