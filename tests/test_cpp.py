@@ -19,6 +19,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import ase.build
 import numpy as np
 import pytest
 from _helpers import MEASURED, molecule, nacl_cell, relative_error
@@ -115,11 +116,14 @@ EXPORT = textwrap.dedent(
 
 
 def _structures():
-    """Rattled, sheared 8-atom NaCl cell (atoms moved out of the box) and a molecule."""
+    """Sheared 8-atom NaCl cell (atoms moved out of the box), a small cell, a molecule."""
     crystal = nacl_cell(seed=7)
     crystal.positions[0] -= 0.3 * crystal.cell.array[0]  # LAMMPS would wrap it: so do we
     crystal.positions[3] += crystal.cell.array[2]
-    return {"periodic": crystal, "molecule": molecule()}
+    # 2-atom cell with ~4 A cell vectors, below the 5 A cutoff: several images of each atom
+    small = ase.build.bulk("NaCl", "rocksalt", a=5.64)
+    small.rattle(0.05, seed=8)
+    return {"periodic": crystal, "small-cell": small, "molecule": molecule()}
 
 
 def _write_structure(atoms, path):
@@ -214,21 +218,28 @@ def _check(result, exported, name):
         np.testing.assert_allclose(result["stress"], virial / atoms.get_volume(), rtol=1e-14)
 
 
-@pytest.mark.parametrize("name", ["periodic", "molecule"])
+@pytest.mark.parametrize("name", ["periodic", "small-cell", "molecule"])
 def test_cpp_matches_python(executable, exported, name):
     result = _run(executable, exported, name, "--check-consistency")
     _check(result, exported, name)
     assert result["ghosts"] == 0
 
 
-def test_cpp_lammps_like_ghosts(executable, exported):
+@pytest.mark.parametrize("name", ["periodic", "small-cell"])
+def test_cpp_lammps_like_ghosts(executable, exported, name):
     """Local + ghost atoms, ``selected_atoms`` = local atoms, pairs remapped."""
-    result = _run(executable, exported, "periodic", "--ghosts", "--check-consistency")
-    _check(result, exported, "periodic")
-    # a 5 A ghost shell around a ~5.6 A cell holds many images of every atom
+    result = _run(executable, exported, name, "--ghosts", "--check-consistency")
+    _check(result, exported, name)
+    # a 5 A ghost shell around a 4-6 A cell holds many images of every atom
     assert result["ghosts"] > 10 * result["atoms"]
-    periodic = _run(executable, exported, "periodic")
+    periodic = _run(executable, exported, name)
     assert result["pairs"] == periodic["pairs"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report():
+    """Print build and run times and the deviations at the end (``pytest -s``)."""
+    yield
     worst = {key.split("::")[-1]: value for key, value in MEASURED.items() if "test_cpp" in key}
     print(f"\nC++ build and run times (s): {json.dumps(TIMINGS)}")
     print(f"largest relative deviations C++ vs Python: {json.dumps(worst)}")
