@@ -100,7 +100,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 extensions,
                 checkpoint=args.checkpoint,
             )
-        except (ValueError, KeyError, ImportError) as e:
+        except (ValueError, KeyError, ImportError, OSError) as e:
             message = e.args[0] if isinstance(e, KeyError) and e.args else e
             print(f"error: {message}", file=sys.stderr)
             return 1

@@ -221,14 +221,20 @@ def read_jax_npz(path: str) -> Tuple[Dict[str, np.ndarray], Dict]:
     :raises ValueError: if the file is not a lorem-jax parameter file
     """
     try:
-        data = np.load(path, allow_pickle=False)
+        # no pickles: a parameter file holds plain arrays only
+        with open(path, "rb") as file, np.load(file, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
     except Exception as e:
         raise ValueError(f"could not read '{path}' as a .npz parameter file: {e}") from e
-    with data:
-        if "hypers_json" not in data.files:
-            raise ValueError(f"'{path}' has no 'hypers_json' entry: not a lorem-jax export")
-        hypers = json.loads(str(data["hypers_json"]))
-        params = {k[len("param/") :]: data[k] for k in data.files if k.startswith("param/")}
+    if "hypers_json" not in arrays:
+        raise ValueError(f"'{path}' has no 'hypers_json' entry: not a lorem-jax export")
+    try:
+        hypers = json.loads(str(arrays["hypers_json"]))
+    except ValueError as e:
+        raise ValueError(f"'{path}': 'hypers_json' is not valid JSON ({e})") from e
+    if not isinstance(hypers, dict):
+        raise ValueError(f"'{path}': 'hypers_json' does not hold a dictionary")
+    params = {k[len("param/") :]: v for k, v in arrays.items() if k.startswith("param/")}
     if not params:
         raise ValueError(f"'{path}' has no 'param/...' entries: not a lorem-jax export")
     return params, hypers

@@ -24,6 +24,8 @@ This is the only module that touches metatomic/metatensor objects. It
 """
 
 import math
+import os
+import tempfile
 from typing import Dict, List, Optional
 
 import torch
@@ -320,10 +322,11 @@ class LoremModel(torch.nn.Module):
             if shortest < self.min_distance:
                 raise ValueError(
                     "two atoms are "
-                    + str(shortest)
+                    + _format_length(shortest)
                     + " A apart (the minimum is "
-                    + str(self.min_distance)
-                    + " A): overlapping or duplicated atoms"
+                    + _format_length(self.min_distance)
+                    + " A): overlapping or duplicated atoms, or periodic images of an "
+                    "atom that close (a cell too small or too flat)"
                 )
 
     def _selection_mask(
@@ -429,6 +432,18 @@ class LoremModel(torch.nn.Module):
         )
 
 
+def _format_length(value: float) -> str:
+    """``value`` (non-negative) with at most six decimals and no trailing zeros.
+
+    TorchScript's ``str`` prints 17 significant digits (``0.10000000000000001``).
+    """
+    micro = int(round(value * 1e6))
+    decimals = str(micro % 1000000 + 1000000)[1:].rstrip("0")
+    if decimals == "":
+        decimals = "0"
+    return str(micro // 1000000) + "." + decimals
+
+
 def capabilities(model: LoremModel, dtype: torch.dtype) -> ModelCapabilities:
     """Metatomic capabilities of ``model``.
 
@@ -504,8 +519,35 @@ def export(
     :param dtype: dtype of the exported model
     :param collect_extensions: folder where the compiled extensions the model needs
         are copied (LOREM itself needs none; this collects any other loaded extension)
-    :return: the atomistic model that was saved
+    :return: the atomistic model that was saved (an existing ``path`` is replaced only
+        once the new file is complete)
     """
     wrapped = atomistic_model(model, dtype)
-    wrapped.save(path, collect_extensions=collect_extensions)
+    _atomic_save(wrapped, path, collect_extensions)
     return wrapped
+
+
+def _atomic_save(
+    model: AtomisticModel, path: str, collect_extensions: Optional[str] = None
+) -> None:
+    """Save ``model`` to a temporary file next to ``path``, then rename it.
+
+    An existing file at ``path`` is only replaced by a complete model: if saving fails
+    (TorchScript error, full disk, interruption) it is left as it was.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temporary = tempfile.mkstemp(
+        prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory
+    )
+    os.close(fd)
+    try:
+        model.save(temporary, collect_extensions=collect_extensions)
+        # mkstemp creates the file readable by its owner only; use the usual permissions
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise

@@ -10,8 +10,8 @@ from typing import Dict, List, NamedTuple, Optional
 
 import ase
 import torch
-from metatensor.torch import Labels, TensorMap
-from metatomic.torch import ModelOutput, System
+from metatensor.torch import Labels, TensorBlock, TensorMap
+from metatomic.torch import ModelOutput, System, register_autograd_neighbors
 from vesin.metatomic import NeighborList
 
 
@@ -63,7 +63,27 @@ def attach_neighbors(model: torch.nn.Module, systems: List[System]) -> None:
     for options in model.requested_neighbor_lists():
         calculator = NeighborList(options, "angstrom")
         for system in systems:
-            system.add_neighbor_list(options, calculator.compute(system))
+            if len(system) == 0:
+                # vesin refuses systems without atoms
+                system.add_neighbor_list(options, _empty_neighbors(system))
+            else:
+                system.add_neighbor_list(options, calculator.compute(system))
+
+
+def _empty_neighbors(system: System) -> TensorBlock:
+    """An empty neighbour list (the one of a system without atoms)."""
+    samples = Labels(
+        ["first_atom", "second_atom", "cell_shift_a", "cell_shift_b", "cell_shift_c"],
+        torch.zeros((0, 5), dtype=torch.int32),
+    )
+    neighbors = TensorBlock(
+        values=system.positions.new_zeros((0, 3, 1)),
+        samples=samples,
+        components=[Labels.range("xyz", 3)],
+        properties=Labels.range("distance", 1),
+    )
+    register_autograd_neighbors(system, neighbors)
+    return neighbors
 
 
 def predict(

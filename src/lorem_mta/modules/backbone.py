@@ -140,6 +140,8 @@ class LoremBackbone(torch.nn.Module):
             means neutral structures
         :return: :py:class:`BackboneOutput`
         """
+        if atomic_numbers.shape[0] == 0:
+            return self._empty_output(positions)
         # -- initial embeddings --
         species, species_index = torch.unique(atomic_numbers, return_inverse=True)
         species_embedding = self.embedding(species)
@@ -184,3 +186,18 @@ class LoremBackbone(torch.nn.Module):
             energies = energies + self.long_range_readout(nodes_scalar)[:, 0]
 
         return BackboneOutput(energies, nodes_scalar, charges, potentials)
+
+    def _empty_output(self, positions: torch.Tensor) -> BackboneOutput:
+        """Outputs of a batch without atoms (zero-length, still tied to ``positions``).
+
+        The energies are built from ``positions`` so that forces of an empty system are
+        an empty tensor rather than an autograd error.
+        """
+        energies = positions[:, 0] * 0.0
+        features = torch.zeros(
+            (0, self.num_features), dtype=positions.dtype, device=positions.device
+        )
+        channels = torch.zeros(
+            (0, self.num_charge_channels), dtype=positions.dtype, device=positions.device
+        )
+        return BackboneOutput(energies, features, channels, channels)
