@@ -12,6 +12,7 @@ from pathlib import Path
 
 import ase
 import ase.build
+import ase.io
 import numpy as np
 import pytest
 import torch
@@ -798,3 +799,29 @@ def test_checkpoint_from_unknown_version(version):
         checkpoint[f"{kind}_ckpt_version"] = version
         with pytest.raises(RuntimeError, match=f"using {kind} version {version}, while"):
             cls.upgrade_checkpoint(checkpoint)
+
+
+# -- metatrain data loading --------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("problem", ["overlapping atoms", "2D periodic"])
+def test_mtt_train_rejects_bad_structures(tmp_path, problem):
+    """``mtt train`` on a dataset with one bad structure: the model's clear error, no files."""
+    from test_mtt_cli import DATASET, options, run
+
+    frames = ase.io.read(DATASET, ":")
+    if problem == "overlapping atoms":
+        frames[1].positions[1] = frames[1].positions[0] + 0.01
+        message = "overlapping or duplicated atoms"
+    else:
+        frames[1].pbc = [True, True, False]
+        frames[1].cell = np.eye(3) * 10.0
+        message = "1D and 2D periodicity are not supported"
+    ase.io.write(tmp_path / "train.xyz", frames)
+    (tmp_path / "options.yaml").write_text(options())
+    result = run(["mtt", "train", "options.yaml"], tmp_path, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr + result.stdout
+    assert not (tmp_path / "model.pt").exists()
+    assert not (tmp_path / "model.ckpt").exists()
