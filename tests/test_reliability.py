@@ -729,10 +729,10 @@ def test_convert_jax_output_folder_missing(tmp_path, capsys):
 # -- metatrain checkpoints -------------------------------------------------------------
 
 
-def _reference_checkpoint() -> dict:
+def _reference_checkpoint(name: str = "model-v1_trainer-v1") -> dict:
     import metatomic.torch  # noqa: F401 (checkpoints hold metatomic objects)
 
-    path = TESTS / "checkpoints" / "model-v1_trainer-v1.ckpt.gz"
+    path = TESTS / "checkpoints" / f"{name}.ckpt.gz"
     with gzip.open(path) as file:
         data = file.read()
     # metatrain checkpoints hold TorchScript objects (model metadata) and metatrain
@@ -745,9 +745,11 @@ def _reference_checkpoint() -> dict:
 def test_reference_checkpoint_upgrade_is_identity():
     from lorem_mta.architecture import LoremMta, Trainer
 
-    checkpoint = _reference_checkpoint()
-    assert checkpoint["model_ckpt_version"] == LoremMta.__checkpoint_version__ == 1
-    assert checkpoint["trainer_ckpt_version"] == Trainer.__checkpoint_version__ == 1
+    # the newest committed reference checkpoint is at the current versions
+    name = f"model-v{LoremMta.__checkpoint_version__}_trainer-v{Trainer.__checkpoint_version__}"
+    checkpoint = _reference_checkpoint(name)
+    assert checkpoint["model_ckpt_version"] == LoremMta.__checkpoint_version__
+    assert checkpoint["trainer_ckpt_version"] == Trainer.__checkpoint_version__
     keys = sorted(checkpoint)
     state = {k: v.clone() for k, v in checkpoint["model_state_dict"].items()}
     upgraded = Trainer.upgrade_checkpoint(LoremMta.upgrade_checkpoint(checkpoint))
@@ -789,13 +791,14 @@ def test_checkpoint_upgrade_chain(kind, monkeypatch):
     assert calls == [1, 2]
 
 
-@pytest.mark.parametrize("version", [0, 2])
-def test_checkpoint_from_unknown_version(version):
+@pytest.mark.parametrize("age", ["older than v1", "newer than the code"])
+def test_checkpoint_from_unknown_version(age):
     """Checkpoints older than v1 or newer than the code are refused with a clear error."""
     from lorem_mta.architecture import LoremMta, Trainer
 
     for cls, kind in [(LoremMta, "model"), (Trainer, "trainer")]:
         checkpoint = _reference_checkpoint()
+        version = 0 if age == "older than v1" else cls.__checkpoint_version__ + 1
         checkpoint[f"{kind}_ckpt_version"] = version
         with pytest.raises(RuntimeError, match=f"using {kind} version {version}, while"):
             cls.upgrade_checkpoint(checkpoint)
