@@ -639,7 +639,12 @@ def main() -> None:
         counts = {name: len(f) for name, f in split["frames"].items()}
         print(f"== {dataset}: {counts} (split indices in {split_file})", flush=True)
 
-        runs, profiles = [], {}
+        # runs of other (model, seed) pairs from earlier invocations are kept, so models
+        # can be trained one after the other; each record names its own command
+        wanted = {(m, s) for m in models for s in seeds}
+        earlier = results["datasets"].get(tag, {}).get("runs", [])
+        runs = [r for r in earlier if (r["model"], r["seed"]) not in wanted]
+        profiles = {}
         reference = reference_stats(data_dir / "train.xyz", data_dir / "test.xyz")
 
         for seed in seeds:
@@ -662,6 +667,8 @@ def main() -> None:
                 record = {
                     "model": model,
                     "seed": seed,
+                    "command": " ".join(sys.argv),
+                    "date": datetime.datetime.now().isoformat(timespec="seconds"),
                     "num_parameters": parameter_count(trained["model_pt"].parent, model),
                     **{k: v for k, v in trained.items() if k != "model_pt"},
                     **metrics,

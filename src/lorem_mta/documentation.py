@@ -216,7 +216,11 @@ class TrainerHypers(TypedDict):
     distributed: NotRequired[bool]
     """Whether to use distributed training. When not set, distributed training is
     enabled automatically when running under more than one SLURM task. Setting this
-    option explicitly is deprecated (as in metatrain's own architectures)."""
+    option explicitly is deprecated (as in metatrain's own architectures). One process
+    per task: with ``device: cuda`` each drives one GPU (NCCL), with ``device: cpu`` the
+    processes communicate through gloo. Each process holds a copy of the model and
+    works on ``batch_size`` structures per step, so the effective batch size is
+    ``batch_size`` times the number of processes."""
 
     distributed_port: int = 39591
     """Port for the communication between processes in distributed training."""

@@ -50,6 +50,7 @@ from metatrain.utils.distributed.distributed_data_parallel import (
     DistributedDataParallel,
 )
 from metatrain.utils.distributed.slurm import (
+    DistributedEnvironment,
     initialize_slurm_nccl_process_group,
     resolve_distributed,
 )
@@ -171,9 +172,14 @@ class Trainer(TrainerInterface[TrainerHypers]):
                     "Requested distributed training with the `multi-gpu` device. To run "
                     "distributed training with LOREM, set `device` to cuda."
                 )
-            device, world_size, rank = initialize_slurm_nccl_process_group(
-                hypers["distributed_port"]
-            )
+            if devices[0].type == "cpu":
+                device, world_size, rank = _initialize_cpu_process_group(
+                    hypers["distributed_port"]
+                )
+            else:
+                device, world_size, rank = initialize_slurm_nccl_process_group(
+                    hypers["distributed_port"]
+                )
             logging.info(f"Training on {world_size} devices with dtype {dtype}")
         else:
             device, world_size, rank = devices[0], 1, 0
@@ -225,7 +231,9 @@ class Trainer(TrainerInterface[TrainerHypers]):
 
         raw_model = model
         if is_distributed:
-            model = DistributedDataParallel(model, device_ids=[device])
+            # CPU modules take no device_ids
+            device_ids = None if device.type == "cpu" else [device]
+            model = DistributedDataParallel(model, device_ids=device_ids)
 
         loss_config = _loss_config(hypers["loss"], train_targets)
         loss_fn = LossAggregator(targets=train_targets, config=loss_config)
@@ -689,3 +697,21 @@ def _atomic_save(checkpoint: Dict[str, Any], path: Path) -> None:
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
+
+
+def _initialize_cpu_process_group(port: int) -> Tuple[torch.device, int, int]:
+    """Start a gloo process group for distributed training on CPUs.
+
+    metatrain's SLURM launcher starts NCCL (GPU) process groups only; this is the same
+    set-up (one process per SLURM task, rank 0's node as the master) with the gloo
+    backend, so that ``srun mtt train`` with ``device: cpu`` spreads the batches over
+    CPU processes.
+
+    :param port: the TCP port of the rendezvous on the master node
+    :return: the device (CPU), the number of processes and the rank of this one
+    """
+    environment = DistributedEnvironment(port)
+    torch.distributed.init_process_group(
+        backend="gloo", world_size=environment.world_size, rank=environment.rank
+    )
+    return torch.device("cpu"), torch.distributed.get_world_size(), torch.distributed.get_rank()
