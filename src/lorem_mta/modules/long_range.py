@@ -88,6 +88,20 @@ class ChannelMeshInterpolator(MeshInterpolator):
     the interpolation weights and indices are torch-pme's own.
     """
 
+    def _stencil(self) -> torch.Tensor:
+        """Interpolation weight of every stencil point, shape ``(n_stencil, n_points)``."""
+        return (
+            self.interpolation_weights[self.x_shifts, :, 0]
+            * self.interpolation_weights[self.y_shifts, :, 1]
+            * self.interpolation_weights[self.z_shifts, :, 2]
+        )
+
+    def _flat_index(self) -> torch.Tensor:
+        """Flat mesh index of every stencil point, shape ``(n_stencil * n_points,)``."""
+        ny = int(self.ns_mesh[1])
+        nz = int(self.ns_mesh[2])
+        return ((self.x_indices * ny + self.y_indices) * nz + self.z_indices).reshape(-1)
+
     def points_to_mesh(self, particle_weights: torch.Tensor) -> torch.Tensor:
         """Spread ``particle_weights`` of shape ``(n_points, n_channels)`` on the mesh.
 
@@ -98,17 +112,101 @@ class ChannelMeshInterpolator(MeshInterpolator):
         nx = int(self.ns_mesh[0])
         ny = int(self.ns_mesh[1])
         nz = int(self.ns_mesh[2])
-        stencil = (
-            self.interpolation_weights[self.x_shifts, :, 0]
-            * self.interpolation_weights[self.y_shifts, :, 1]
-            * self.interpolation_weights[self.z_shifts, :, 2]
-        )  # [n_stencil, n_points]
-        values = stencil.unsqueeze(-1) * particle_weights.unsqueeze(0)
-        index = (self.x_indices * ny + self.y_indices) * nz + self.z_indices
+        values = self._stencil().unsqueeze(-1) * particle_weights.unsqueeze(0)
         mesh = torch.zeros(
             (nx * ny * nz, n_channels), dtype=particle_weights.dtype, device=self._device
-        ).index_add(0, index.reshape(-1), values.reshape(-1, n_channels))
+        ).index_add(0, self._flat_index(), values.reshape(-1, n_channels))
         return mesh.T.reshape(n_channels, nx, ny, nz)
+
+    def mesh_to_points(self, mesh_vals: torch.Tensor) -> torch.Tensor:
+        """Interpolate mesh values of shape ``(n_channels, nx, ny, nz)`` at the points.
+
+        One contiguous gather along the flattened mesh for all channels (its backward is
+        a single ``index_add``), instead of an advanced-indexing gather per channel whose
+        backward is an accumulating ``index_put_``.
+
+        :param mesh_vals: tensor of shape ``(n_channels, nx, ny, nz)``
+        :return: tensor of shape ``(n_points, n_channels)``
+        """
+        n_channels = mesh_vals.shape[0]
+        stencil = self._stencil()
+        values = mesh_vals.reshape(n_channels, -1).index_select(1, self._flat_index())
+        values = values.reshape(n_channels, stencil.shape[0], stencil.shape[1])
+        return (values * stencil.unsqueeze(0)).sum(dim=1).T
+
+
+def fft_mesh_size(n_min: int) -> int:
+    """The smallest ``2^a 3^b 5^c`` that is at least ``n_min`` (fast FFT lengths).
+
+    :param n_min: smallest acceptable number of mesh points
+    :return: the mesh size
+    """
+    best = 1
+    while best < n_min:
+        best *= 2
+    five = 1
+    while five < best:
+        three = five
+        while three < best:
+            size = three
+            while size < n_min:
+                size *= 2
+            best = min(best, size)
+            three *= 3
+        five *= 5
+    return best
+
+
+def mesh_shape(cell: torch.Tensor, mesh_spacing: float) -> torch.Tensor:
+    """PME mesh points along each lattice vector: ``2 |h_a| / spacing + 1``, rounded up.
+
+    torch-pme's own choice rounds up to a power of two, which can multiply the number of
+    mesh points by up to 8 (64^3 instead of 48^3 for a 28 A cubic cell); this keeps the
+    requested resolution and rounds up to the next fast FFT length instead.
+
+    :param cell: tensor of shape ``(3, 3)``, rows are lattice vectors
+    :param mesh_spacing: torch-pme's ``mesh_spacing``
+    :return: integer tensor of shape ``(3,)``
+    """
+    lengths = torch.linalg.norm(cell.detach().to(torch.float64), dim=1)
+    minimum: List[int] = torch.ceil(2 * lengths / mesh_spacing + 1).long().tolist()
+    sizes = [fft_mesh_size(n) for n in minimum]
+    return torch.tensor(sizes, dtype=torch.long, device=cell.device)
+
+
+class MeshPME(torchpme.PMECalculator):
+    """torch-pme's PME with the mesh from :py:func:`mesh_shape` (fast FFT lengths).
+
+    The reciprocal-space steps are torch-pme's: spread the charges on the mesh, apply the
+    Coulomb k-space filter, interpolate back, and subtract the self and background terms.
+    """
+
+    def _compute_kspace(
+        self,
+        charges: torch.Tensor,
+        cell: torch.Tensor,
+        positions: torch.Tensor,
+        periodic: Optional[torch.Tensor] = None,
+        node_mask: Optional[torch.Tensor] = None,
+        kvectors: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        if node_mask is not None or kvectors is not None:
+            raise ValueError("PME evaluates one structure at a time")
+        shape = mesh_shape(cell, self.mesh_spacing)
+        self.mesh_interpolator.update(cell, shape)
+        self.kspace_filter.update(cell, shape)
+        self.mesh_interpolator.compute_weights(positions)
+        density = self.mesh_interpolator.points_to_mesh(particle_weights=charges)
+        mesh_potential = self.kspace_filter.forward(density)
+        inverse_volume = torch.abs(cell.det()).pow(-1)
+        potentials = self.mesh_interpolator.mesh_to_points(mesh_potential) * inverse_volume
+        potentials = potentials - charges * self.potential.self_contribution()
+        background = self.potential.background_correction()
+        potentials = potentials - 2 * background * torch.sum(charges, dim=0) * inverse_volume
+        potentials = potentials + self.potential.pbc_correction(
+            periodic, positions, cell, charges
+        )
+        return potentials / 2
 
 
 class CoulombPotentials(torch.nn.Module):
@@ -124,9 +222,9 @@ class CoulombPotentials(torch.nn.Module):
     * ``accuracy=a``: Ewald keeps k-vectors up to :math:`k_{max}` with
       :math:`e^{-\sigma^2 k_{max}^2 / 2} = a`, i.e. :math:`\lambda = \pi\sigma /
       \sqrt{2 \ln(1/a)}`;
-    * ``method="pme"``: particle-mesh Ewald with mesh spacing ``sigma`` and 6-point
-      interpolation (about :math:`10^{-5}` relative error in the potentials), linear
-      scaling;
+    * ``method="pme"``: particle-mesh Ewald with ``2 |h_a| / (0.8 \sigma) + 1`` mesh
+      points along lattice vector :math:`a` (rounded up to a fast FFT length, see
+      :py:func:`mesh_shape`) and 6-point interpolation, linear scaling;
     * ``method="auto"``: Ewald for structures with fewer than ``pme_threshold`` atoms,
       PME above.
 
@@ -156,6 +254,8 @@ class CoulombPotentials(torch.nn.Module):
         self.max_mesh_points = 4.0e8
         self.smearing = cutoff / 4.0
         self.lr_wavelength = cutoff / 8.0
+        # PME: 2 |h| / (0.8 sigma) + 1 mesh points, at most 0.4 sigma apart
+        self.mesh_spacing = 0.8 * self.smearing
         if accuracy is not None:
             self.lr_wavelength = math.pi * self.smearing / math.sqrt(2 * math.log(1 / accuracy))
         self.ewald = torchpme.EwaldCalculator(
@@ -164,9 +264,9 @@ class CoulombPotentials(torch.nn.Module):
             full_neighbor_list=True,
         )
         interpolation_nodes = 6
-        self.pme = torchpme.PMECalculator(
+        self.pme = MeshPME(
             torchpme.CoulombPotential(smearing=self.smearing),
-            mesh_spacing=self.smearing,
+            mesh_spacing=self.mesh_spacing,
             interpolation_nodes=interpolation_nodes,
             full_neighbor_list=True,
         )
@@ -241,9 +341,7 @@ class CoulombPotentials(torch.nn.Module):
         """
         lengths = torch.linalg.norm(cell.detach().to(torch.float64), dim=1)
         if use_pme:
-            # torch-pme rounds 2 |h| / spacing + 1 up to a power of two
-            points = torch.pow(2, torch.ceil(torch.log2(2 * lengths / self.smearing + 1)))
-            size = float(points.prod()) * n_channels
+            size = float(mesh_shape(cell, self.mesh_spacing).prod()) * n_channels
             limit = self.max_mesh_points
         else:
             size = float(torch.ceil(lengths / self.lr_wavelength).prod())
