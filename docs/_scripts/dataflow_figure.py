@@ -94,6 +94,7 @@ def group(axis, x0, y0, x1, y1, label, color):
 
 
 def main():
+    """Draw the diagram and save it."""
     figure = plt.figure(figsize=(12, 8.6))
     axis = figure.add_axes([0, 0, 1, 1])
     axis.set_xlim(0, 1)
