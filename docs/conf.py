@@ -39,6 +39,12 @@ autodoc_default_options = {"show-inheritance": False}
 html_theme = "furo"
 html_title = f"lorem_mta {release}"
 html_static_path = ["_static"]
+# MathJax comes from a CDN. For offline viewing (or screenshots without network), point
+# LOREM_DOCS_MATHJAX to a local MathJax 3 ``es5`` folder (``npm install mathjax@3``):
+# its contents are copied into ``_static`` and loaded from there.
+if os.environ.get("LOREM_DOCS_MATHJAX"):
+    html_static_path.append(os.environ["LOREM_DOCS_MATHJAX"])
+    mathjax_path = "tex-mml-chtml.js"
 exclude_patterns = ["_build", "_scripts", "_ext", "gallery/*.ipynb", "gallery/*.py"]
 nitpicky = False
 myst_heading_anchors = 3
