@@ -24,6 +24,7 @@ shot() {  # shot NAME PAGE HEIGHT
 }
 shot "$OUT/index.png" index.html 1600
 shot "$OUT/architecture.png" architecture.html 1600
+shot "$OUT/gallery-index.png" gallery/index.html 1600
 shot "$OUT/gallery-scaling.png" gallery/plot_04_scaling.html 1600
 # the figures of the long-range example are further down the page: render a tall page
 # and keep the 1600 pixels around them
