@@ -177,8 +177,8 @@ class ModelHypers(TypedDict):
     long_range_method: Literal["ewald", "pme", "auto"] = "ewald"
     """How the Coulomb potentials of periodic structures are computed: ``"ewald"``
     (exact to the Ewald parameters, O(N**2) with the number of atoms, what the paper
-    trains with), ``"pme"`` (particle-mesh Ewald, about linear scaling and much faster
-    above ~1000 atoms, relative error around 1e-5) or ``"auto"`` (Ewald below 1000 atoms,
+    trains with), ``"pme"`` (particle-mesh Ewald, about linear scaling and faster from a
+    few hundred atoms on, relative error around 1e-5) or ``"auto"`` (Ewald below 200 atoms,
     PME above). Molecules always use a direct sum. The choice changes only how the
     same potentials are evaluated, so a model trained with one can be run with
     another."""

@@ -1,0 +1,78 @@
+"""
+Scaling with the number of atoms
+================================
+
+How the cost of an energy + forces evaluation grows with the size of a periodic cell,
+for the paper's model (1 021 198 parameters, float32, one CPU thread), with the
+reference Ewald settings, a looser Ewald accuracy, particle-mesh Ewald (PME) and
+without the long-range block, next to lorem-jax 0.2.0 on the same structures.
+
+This example does **not** run the benchmark (that takes hours): it plots the committed
+results of ``benchmarks/inference.py`` (``benchmarks/results/inference-cpu.txt``),
+parsed with the helper of ``benchmarks/plot_scaling.py``. See
+:doc:`/benchmarks-performance` for the set-up and the discussion.
+"""
+
+import sys
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from plot_scaling import parse  # noqa: E402  (benchmarks/plot_scaling.py)
+
+results = ROOT / "benchmarks" / "results" / "inference-cpu.txt"
+series = parse(results)
+for name, points in series.items():
+    print(f"{name:12s}", "  ".join(f"{n}: {t:.3g} s" for n, t in sorted(points.items())))
+
+# %%
+# Time per evaluation
+# -------------------
+#
+# Dashed: lorem-jax. The dotted line is linear scaling. PME keeps the full model
+# (long range included) close to linear and faster than lorem-jax *without* its
+# long-range block; the Ewald sum grows faster than linearly with the number of atoms.
+
+labels = {
+    "ewald-ref": "Ewald (reference settings)",
+    "ewald-1e-5": "Ewald (accuracy 1e-5)",
+    "pme": "PME",
+    "no-lr": "no long range",
+    "jax": "lorem-jax 0.2.0",
+    "jax no-lr": "lorem-jax 0.2.0, no long range",
+}
+figure, axis = plt.subplots(figsize=(6.5, 4.5))
+for name, points in series.items():
+    n = sorted(points)
+    style = "--" if name.startswith("jax") else "-"
+    axis.loglog(n, [points[k] for k in n], style, marker="o", label=labels.get(name, name))
+axis.loglog([64, 32768], [0.7e-3 * 64, 0.7e-3 * 32768], ":", color="gray", label="linear")
+axis.set_xlabel("atoms (rattled rock-salt NaCl, periodic)")
+axis.set_ylabel("energy + forces (s, 1 CPU thread)")
+axis.grid(alpha=0.3, which="both")
+axis.legend(fontsize=7)
+figure.tight_layout()
+
+# %%
+# Speed-up over lorem-jax
+# -----------------------
+
+common = sorted(set(series["jax"]) & set(series["ewald-ref"]))
+figure, axis = plt.subplots(figsize=(6.5, 3.5))
+for name in ["ewald-ref", "ewald-1e-5", "pme"]:
+    axis.plot(
+        common,
+        [series["jax"][n] / series[name][n] for n in common],
+        "o-",
+        label=labels[name],
+    )
+axis.set_xscale("log")
+axis.set_xlabel("atoms")
+axis.set_ylabel("lorem-jax time / lorem_mta time")
+axis.grid(alpha=0.3, which="both")
+axis.legend(fontsize=8)
+figure.tight_layout()
