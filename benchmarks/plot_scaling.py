@@ -30,29 +30,35 @@ def parse(path):
     return series
 
 
-def main():
-    source = sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/inference-cpu.txt"
-    output = sys.argv[2] if len(sys.argv) > 2 else "docs/_static/scaling-cpu.png"
-    series = parse(source)
-    labels = {
-        "ewald-ref": "lorem_mta, Ewald (reference settings)",
-        "ewald-1e-5": "lorem_mta, Ewald (accuracy 1e-5)",
-        "pme": "lorem_mta, PME",
-        "no-lr": "lorem_mta, no long range",
-        "jax": "lorem-jax 0.2.0",
-        "jax no-lr": "lorem-jax 0.2.0, no long range",
-    }
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+LABELS = {
+    "ewald-ref": "lorem_mta, Ewald (reference settings)",
+    "ewald-1e-5": "lorem_mta, Ewald (accuracy 1e-5)",
+    "pme": "lorem_mta, PME",
+    "no-lr": "lorem_mta, no long range",
+    "jax": "lorem-jax 0.2.0",
+    "jax no-lr": "lorem-jax 0.2.0, no long range",
+}
+
+
+def plot_times(series, axis):
+    """Time per evaluation against the number of atoms, log-log, with a linear guide."""
     for name, points in series.items():
         n = sorted(points)
         style = "--" if name.startswith("jax") else "-"
-        ax.loglog(n, [points[k] for k in n], style, marker="o", label=labels.get(name, name))
+        axis.loglog(n, [points[k] for k in n], style, marker="o", label=LABELS.get(name, name))
     n = [64, 32768]
-    ax.loglog(n, [0.7e-3 * k for k in n], ":", color="gray", label="linear")
-    ax.set_xlabel("atoms (rattled rock-salt NaCl, periodic)")
-    ax.set_ylabel("energy + forces, seconds (1 CPU thread)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3, which="both")
+    axis.loglog(n, [0.7e-3 * k for k in n], ":", color="gray", label="linear")
+    axis.set_xlabel("atoms (rattled rock-salt NaCl, periodic)")
+    axis.set_ylabel("energy + forces, seconds (1 CPU thread)")
+    axis.legend(fontsize=7)
+    axis.grid(alpha=0.3, which="both")
+
+
+def main():
+    source = sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/inference-cpu.txt"
+    output = sys.argv[2] if len(sys.argv) > 2 else "docs/_static/scaling-cpu.png"
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    plot_times(parse(source), ax)
     fig.tight_layout()
     fig.savefig(output, dpi=150)
     print(f"wrote {output}")

@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd(
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from plot_scaling import parse  # noqa: E402  (benchmarks/plot_scaling.py)
+from plot_scaling import LABELS, parse, plot_times  # noqa: E402  (benchmarks/)
 
 results = ROOT / "benchmarks" / "results" / "inference-cpu.txt"
 series = parse(results)
@@ -37,24 +37,8 @@ for name, points in series.items():
 # (long range included) close to linear and faster than lorem-jax *without* its
 # long-range block; the Ewald sum grows faster than linearly with the number of atoms.
 
-labels = {
-    "ewald-ref": "Ewald (reference settings)",
-    "ewald-1e-5": "Ewald (accuracy 1e-5)",
-    "pme": "PME",
-    "no-lr": "no long range",
-    "jax": "lorem-jax 0.2.0",
-    "jax no-lr": "lorem-jax 0.2.0, no long range",
-}
 figure, axis = plt.subplots(figsize=(6.5, 4.5))
-for name, points in series.items():
-    n = sorted(points)
-    style = "--" if name.startswith("jax") else "-"
-    axis.loglog(n, [points[k] for k in n], style, marker="o", label=labels.get(name, name))
-axis.loglog([64, 32768], [0.7e-3 * 64, 0.7e-3 * 32768], ":", color="gray", label="linear")
-axis.set_xlabel("atoms (rattled rock-salt NaCl, periodic)")
-axis.set_ylabel("energy + forces (s, 1 CPU thread)")
-axis.grid(alpha=0.3, which="both")
-axis.legend(fontsize=7)
+plot_times(series, axis)
 figure.tight_layout()
 
 # %%
@@ -68,7 +52,7 @@ for name in ["ewald-ref", "ewald-1e-5", "pme"]:
         common,
         [series["jax"][n] / series[name][n] for n in common],
         "o-",
-        label=labels[name],
+        label=LABELS[name],
     )
 axis.set_xscale("log")
 axis.set_xlabel("atoms")

@@ -24,8 +24,6 @@ This is the only module that touches metatomic/metatensor objects. It
 """
 
 import math
-import os
-import tempfile
 from typing import Dict, List, Optional
 
 import torch
@@ -39,6 +37,7 @@ from metatomic.torch import (
     System,
 )
 
+from .files import write_atomically
 from .modules import LoremBackbone
 
 #: smallest distance between two atoms (Angstrom) accepted by the model
@@ -535,19 +534,6 @@ def _atomic_save(
     An existing file at ``path`` is only replaced by a complete model: if saving fails
     (TorchScript error, full disk, interruption) it is left as it was.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(
-        prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory
+    write_atomically(
+        path, lambda temporary: model.save(temporary, collect_extensions=collect_extensions)
     )
-    os.close(fd)
-    try:
-        model.save(temporary, collect_extensions=collect_extensions)
-        # mkstemp creates the file readable by its owner only; use the usual permissions
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise

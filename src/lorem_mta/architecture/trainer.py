@@ -25,7 +25,6 @@ import copy
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
@@ -71,6 +70,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DistributedSampler
 
 from ..documentation import TrainerHypers
+from ..files import write_atomically
 from . import checkpoints
 from .model import LoremMta
 
@@ -681,22 +681,14 @@ def _check_loss_gradients(loss: Dict[str, Any], targets: Dict[str, TargetInfo]) 
 
 def _atomic_save(checkpoint: Dict[str, Any], path: Path) -> None:
     """``torch.save`` to a temporary file next to ``path``, then rename it."""
-    directory = path.parent if str(path.parent) != "" else Path(".")
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as file:
+
+    def write(temporary: str) -> None:
+        with open(temporary, "wb") as file:
             torch.save(checkpoint, file)
             file.flush()
             os.fsync(file.fileno())
-        # mkstemp creates the file readable by its owner only; use the usual permissions
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+
+    write_atomically(str(path), write)
 
 
 def _initialize_cpu_process_group(port: int) -> Tuple[torch.device, int, int]:
