@@ -63,10 +63,15 @@ class SoapLorem(torch.nn.Module):
     :param num_spherical_features: spherical channels ``s``
     """
 
-    def __init__(self, long_range: bool, num_features: int = 32, num_spherical_features: int = 8):
+    def __init__(
+        self, long_range: bool, num_features: int = 32, num_spherical_features: int = 8
+    ):
         super().__init__()
         self.expansion = SphericalExpansion(
-            cutoff={"radius": SOAP_CUTOFF, "smoothing": {"type": "ShiftedCosine", "width": 0.5}},
+            cutoff={
+                "radius": SOAP_CUTOFF,
+                "smoothing": {"type": "ShiftedCosine", "width": 0.5},
+            },
             density={"type": "Gaussian", "width": 0.3},
             basis={
                 "type": "TensorProduct",
@@ -241,7 +246,10 @@ def forces_demo(model):
     nacl = ase.build.bulk("NaCl", "rocksalt", a=5.64, cubic=True)
     nacl.rattle(0.05, seed=1)
     dimer = load_dimers()[0][0]
-    for name, atoms in [("dimer (molecule, direct sum)", dimer), ("NaCl (periodic, Ewald)", nacl)]:
+    for name, atoms in [
+        ("dimer (molecule, direct sum)", dimer),
+        ("NaCl (periodic, Ewald)", nacl),
+    ]:
         positions = torch.tensor(atoms.positions, requires_grad=True)
         system = system_from_atoms(atoms, positions=positions)
         attach_neighbors(model, [system])
@@ -304,7 +312,8 @@ def export_and_run(model, output):
     energy = dimer.get_potential_energy()
     assert abs(energy - eager) < 1e-8, (energy, eager)
     forces = dimer.get_forces()
-    print(f"\nexported {path}; ASE: energy {energy:.6f} eV, |F|max {np.abs(forces).max():.4f} eV/A")
+    largest = np.abs(forces).max()
+    print(f"\nexported {path}; ASE: energy {energy:.6f} eV, |F|max {largest:.4f} eV/A")
 
 
 def main():
@@ -318,8 +327,10 @@ def main():
     frames, targets = load_dimers()
     order = torch.randperm(len(frames), generator=torch.Generator().manual_seed(1))
     train_index, test_index = order[:100], order[100:]
-    print(f"{len(frames)} dimers, binding energies {float(targets.min()):.2f} to "
-          f"{float(targets.max()):.2f} eV (std {float(targets.std()):.2f} eV)")
+    print(
+        f"{len(frames)} dimers, binding energies {float(targets.min()):.2f} to "
+        f"{float(targets.max()):.2f} eV (std {float(targets.std()):.2f} eV)"
+    )
     models = {}
     for long_range in [False, True]:
         torch.manual_seed(0)
