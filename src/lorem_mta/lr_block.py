@@ -36,7 +36,7 @@ real-space part of the Ewald sum, whose Gaussian smearing is ``cutoff / 4``. Mol
 Mixed (1D, 2D) periodicity is refused.
 """
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from metatensor.torch import Labels, TensorBlock, TensorMap
@@ -169,46 +169,22 @@ class LongRangeBlock(torch.nn.Module):
 
         nodes_scalar = self._scalar_values(scalar_features, offsets, n_atoms)
         nodes_spherical = self._spherical_values(spherical_features, offsets, n_atoms)
-        if nodes_scalar.shape[0] == 0:
-            positions = torch.zeros((0, 3), dtype=nodes_scalar.dtype, device=device)
-        else:
-            positions = torch.cat([system.positions for system in systems])
-
-        # -- flatten the systems: cells, periodicity and real-space pairs --
-        centers_list: List[torch.Tensor] = []
-        neighbors_list: List[torch.Tensor] = []
-        distances_list: List[torch.Tensor] = []
-        cells_list: List[torch.Tensor] = []
-        pair_ptr: List[int] = [0]
-        periodic: List[bool] = []
-        for k, system in enumerate(systems):
-            is_periodic = _is_periodic(system)
-            periodic.append(is_periodic)
-            cells_list.append(system.cell.to(nodes_scalar.dtype))
-            if is_periodic:
-                neighbors = system.get_neighbor_list(self.neighbor_options)
-                pairs = neighbors.samples.values
-                centers_list.append(pairs[:, 0].to(torch.long) + atom_ptr[k])
-                neighbors_list.append(pairs[:, 1].to(torch.long) + atom_ptr[k])
-                distances_list.append(torch.linalg.norm(neighbors.values.reshape(-1, 3), dim=1))
-                pair_ptr.append(pair_ptr[-1] + pairs.shape[0])
-            else:
-                pair_ptr.append(pair_ptr[-1])
-        empty_index = torch.zeros(0, dtype=torch.long, device=device)
-        empty_distances = torch.zeros(0, dtype=nodes_scalar.dtype, device=device)
-        centers = torch.cat(centers_list + [empty_index])
-        neighbors = torch.cat(neighbors_list + [empty_index])
-        distances = torch.cat(distances_list + [empty_distances])
-        if len(cells_list) == 0:
-            cells = torch.zeros((0, 3, 3), dtype=nodes_scalar.dtype, device=device)
-        else:
-            cells = torch.stack(cells_list)
+        dtype = nodes_scalar.dtype
+        positions = torch.zeros((0, 3), dtype=dtype, device=device)
+        cells = torch.zeros((0, 3, 3), dtype=dtype, device=device)
+        if len(systems) > 0:
+            positions = torch.cat([system.positions for system in systems]).to(dtype)
+            cells = torch.stack([system.cell for system in systems]).to(dtype)
+        periodic = [_is_periodic(system) for system in systems]
+        centers, neighbors, distances, pair_ptr = self._real_space_pairs(
+            systems, periodic, atom_ptr, dtype, device
+        )
 
         # -- the LOREM long-range stage --
         charges = self.long_range.charges(nodes_scalar, nodes_spherical)
         potentials = self.long_range.potentials(
             charges,
-            positions.to(nodes_scalar.dtype),
+            positions,
             centers,
             neighbors,
             distances,
@@ -237,6 +213,36 @@ class LongRangeBlock(torch.nn.Module):
             "charges": _spherical_map(charges, samples, self.max_degree_lr),
             "potentials": _spherical_map(potentials, samples, self.max_degree_lr),
         }
+
+    def _real_space_pairs(
+        self,
+        systems: List[System],
+        periodic: List[bool],
+        atom_ptr: List[int],
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, List[int]]:
+        """Pairs of the periodic systems' neighbour lists, with global atom indices.
+
+        :return: centres and neighbours ``(n_pairs,)``, distances ``(n_pairs,)`` and the
+            first pair of every system plus the total (molecules have none)
+        """
+        centers: List[torch.Tensor] = [torch.zeros(0, dtype=torch.long, device=device)]
+        neighbors: List[torch.Tensor] = [torch.zeros(0, dtype=torch.long, device=device)]
+        distances: List[torch.Tensor] = [torch.zeros(0, dtype=dtype, device=device)]
+        pair_ptr: List[int] = [0]
+        for k, system in enumerate(systems):
+            if periodic[k]:
+                pairs = system.get_neighbor_list(self.neighbor_options)
+                indices = pairs.samples.values.to(torch.long)
+                centers.append(indices[:, 0] + atom_ptr[k])
+                neighbors.append(indices[:, 1] + atom_ptr[k])
+                vectors = pairs.values.reshape(-1, 3).to(dtype)
+                distances.append(torch.linalg.norm(vectors, dim=1))
+                pair_ptr.append(pair_ptr[-1] + indices.shape[0])
+            else:
+                pair_ptr.append(pair_ptr[-1])
+        return torch.cat(centers), torch.cat(neighbors), torch.cat(distances), pair_ptr
 
     def _scalar_values(self, tensor: TensorMap, offsets: torch.Tensor, n_atoms: int):
         """Dense ``(n_atoms, d)`` scalar features in system order."""
