@@ -317,3 +317,73 @@ def test_constructor_checks():
     backbone = LoremBackbone(lr=False, num_features=8, max_degree=1)
     with pytest.raises(ValueError, match="no long-range block"):
         LongRangeBlock.from_backbone(backbone)
+
+
+# ---------------------------------------------------------------------------------------
+# features of another package: featomic's SOAP spherical expansion
+# ---------------------------------------------------------------------------------------
+
+
+def soap_features(systems, expansion, projection):
+    """Scalar (l = 0 part) and spherical features from featomic, one block per degree."""
+    types = Labels("neighbor_type", torch.tensor([[11], [17]], dtype=torch.int32))
+    density = expansion(systems).keys_to_properties(types).keys_to_samples("center_type")
+    blocks = []
+    for l in range(projection.shape[0]):
+        block = density.block({"o3_lambda": l, "o3_sigma": 1})
+        values = torch.einsum("amc,cs->ams", block.values, projection[l])
+        blocks.append(
+            TensorBlock(values, block.samples, block.components, Labels.range("n", 4))
+        )
+        if l == 0:
+            scalar = torch.cat([block.values[:, 0], values[:, 0] ** 2], dim=1)
+            scalar_block = TensorBlock(scalar, block.samples, [], Labels.range("n", 16))
+    keys = Labels(["o3_lambda", "o3_sigma"], torch.tensor([[l, 1] for l in range(len(blocks))]))
+    return TensorMap(Labels.single(), [scalar_block]), TensorMap(keys, blocks)
+
+
+@pytest.mark.parametrize("structure", ["nacl-periodic", "nacl-cluster"])
+def test_featomic_features(structure):
+    featomic = pytest.importorskip("featomic.torch")
+    expansion = featomic.SphericalExpansion(
+        cutoff={"radius": 4.0, "smoothing": {"type": "ShiftedCosine", "width": 0.5}},
+        density={"type": "Gaussian", "width": 0.3},
+        basis={
+            "type": "TensorProduct",
+            "max_angular": 2,
+            "radial": {"type": "Gto", "max_radial": 5},
+        },
+    )
+    torch.manual_seed(0)
+    block = LongRangeBlock(cutoff=5.0, max_degree=2, num_features=16, num_spherical_features=4)
+    block = block.double()
+    projection = torch.randn(3, 12, 4, dtype=torch.float64)
+    atoms = STRUCTURES[structure]()
+    rotation = random_rotation(np.random.default_rng(4))
+    results = []
+    for current in [atoms, transform(atoms, rotation, translation=np.array([1.0, 2.0, -0.5]))]:
+        positions = torch.tensor(current.positions, requires_grad=True)
+        system = system_from_atoms(current, positions=positions)
+        for options in expansion.requested_neighbor_lists() + block.requested_neighbor_lists():
+            attach_neighbors(_Requests(options), [system])
+        outputs = block([system], *soap_features([system], expansion, projection))
+        energy = outputs["energy"].block().values.sum()
+        forces = -torch.autograd.grad(energy, positions)[0]
+        results.append((float(energy.detach()), forces, outputs["potentials"]))
+    assert relative_error(results[1][0], results[0][0]) < 1e-10
+    assert relative_error(results[1][1], results[0][1] @ torch.from_numpy(rotation).T) < 1e-8
+    assert float(results[0][1].abs().max()) > 1e-4
+    for key, got in results[1][2].items():
+        d = torch.from_numpy(wigner_d(int(key["o3_lambda"]), rotation))
+        expected = torch.einsum("mn,ans->ams", d, results[0][2].block(key).values)
+        assert relative_error(got.values.detach(), expected.detach()) < 1e-9
+
+
+class _Requests:
+    """Something with ``requested_neighbor_lists``, for :py:func:`attach_neighbors`."""
+
+    def __init__(self, options):
+        self.options = options
+
+    def requested_neighbor_lists(self):
+        return [self.options]
