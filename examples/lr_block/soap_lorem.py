@@ -84,7 +84,7 @@ class SoapLorem(torch.nn.Module):
         )
         channels = len(ATOMIC_TYPES) * MAX_RADIAL
         n_invariants = (MAX_ANGULAR + 1) * channels * (channels + 1) // 2
-        self.pairs = torch.triu_indices(channels, channels)
+        self.register_buffer("pairs", torch.triu_indices(channels, channels), persistent=False)
         self.normalize = torch.nn.LayerNorm(n_invariants)
         self.embedding = torch.nn.Embedding(100, num_features)
         self.scalar = torch.nn.Sequential(
