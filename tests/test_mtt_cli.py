@@ -95,6 +95,7 @@ def trained(tmp_path_factory):
     (directory / "options.yaml").write_text(options())
     result = run(["mtt", "train", "options.yaml"], directory)
     assert "Starting training from scratch" in result.stderr + result.stdout
+    assert "Progress: epoch 1/1 (100 %)" in result.stderr + result.stdout
     for name in ["model.ckpt", "model.pt"]:
         assert (directory / name).exists(), name
     return directory
@@ -310,3 +311,14 @@ def test_error_unknown_atomic_types_at_finetuning(trained, tmp_path):
     assert "[16]" in log and "was not trained on" in log, log[-2000:]
     assert not (directory / "finetuned.pt").exists()
     assert digest(directory / "model.ckpt") == before
+
+
+def test_progress_line():
+    from lorem_mta.architecture.trainer import progress_line
+
+    # 3 epochs of a restarted run (from epoch 10) in 30 s: 10 s/epoch, 17 left = 170 s
+    line = progress_line(12, 10, 30, 30.0)
+    assert line == "Progress: epoch 13/30 (43 %), 10.0 s/epoch, about 3 min left"
+    assert progress_line(0, 0, 1000, 20.0).endswith("about 5.5 h left")
+    assert progress_line(0, 0, 11, 60.0).endswith("about 10 min left")
+    assert progress_line(9, 0, 10, 5.0).endswith("about 0 s left")

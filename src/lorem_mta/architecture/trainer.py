@@ -25,6 +25,7 @@ import copy
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
@@ -321,6 +322,7 @@ class Trainer(TrainerInterface[TrainerHypers]):
         logging.info("Starting training")
         metric_logger: Optional[MetricLogger] = None
         epoch = start_epoch
+        started = time.monotonic()
         for epoch in range(start_epoch, num_epochs):
             for sampler in epoch_samplers:
                 sampler.set_epoch(epoch)
@@ -384,6 +386,9 @@ class Trainer(TrainerInterface[TrainerHypers]):
                     rank=rank,
                     learning_rate=optimizer.param_groups[0]["lr"],
                 )
+                if rank == 0:
+                    elapsed = time.monotonic() - started
+                    logging.info(progress_line(epoch, start_epoch, num_epochs, elapsed))
 
             val_metric = get_selected_metric(val_metrics, hypers["best_model_metric"])
             if val_metric < self.best_metric:
@@ -689,6 +694,30 @@ def _atomic_save(checkpoint: Dict[str, Any], path: Path) -> None:
             os.fsync(file.fileno())
 
     write_atomically(str(path), write)
+
+
+def progress_line(epoch: int, start_epoch: int, num_epochs: int, elapsed: float) -> str:
+    """How far training is and how long the rest will take, for the log.
+
+    :param epoch: the epoch that just finished (counted from 0)
+    :param start_epoch: the first epoch of this run (after a restart, not 0)
+    :param num_epochs: the last epoch plus one
+    :param elapsed: seconds since the first epoch of this run started
+    :return: e.g. ``"Progress: epoch 12/30 (40 %), 41.2 s/epoch, about 12 min left"``
+    """
+    done = epoch + 1
+    per_epoch = elapsed / max(1, done - start_epoch)
+    remaining = per_epoch * (num_epochs - done)
+    if remaining >= 5400:
+        left = f"{remaining / 3600:.1f} h"
+    elif remaining >= 90:
+        left = f"{remaining / 60:.0f} min"
+    else:
+        left = f"{remaining:.0f} s"
+    return (
+        f"Progress: epoch {done}/{num_epochs} ({100 * done / num_epochs:.0f} %), "
+        f"{per_epoch:.1f} s/epoch, about {left} left"
+    )
 
 
 def _initialize_cpu_process_group(port: int) -> Tuple[torch.device, int, int]:
