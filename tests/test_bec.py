@@ -2,8 +2,12 @@
 export and training."""
 
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import ase.io
 import numpy as np
 import pytest
 import torch
@@ -219,3 +223,86 @@ def test_torchscript_export_with_born_charges(tmp_path):
     out = loaded([system], options, check_consistency=True)
     values = out[BORN_CHARGES].block().values[..., 0].detach().numpy()
     np.testing.assert_allclose(values, reference, atol=1e-12)
+
+
+# -- metatrain ---------------------------------------------------------------------------
+
+BIN = Path(sys.executable).parent
+
+MTT_OPTIONS = """\
+seed: 0
+base_precision: 64
+architecture:
+  name: experimental.lorem_mta
+  model:
+    max_degree: 1
+    max_degree_lr: 1
+    num_features: 4
+    num_spherical_features: 1
+    num_radial: 4
+    num_species: 2
+    bec: true
+  training:
+    batch_size: 1
+    num_epochs: 1
+    log_interval: 1
+    num_workers: 0
+training_set:
+  systems:
+    read_from: data.xyz
+    length_unit: angstrom
+  targets:
+    energy:
+      key: energy
+      unit: eV
+      forces:
+        key: forces
+    mtt::apt:
+      key: apt
+      unit: e
+      per_atom: true
+      type:
+        cartesian:
+          rank: 2
+validation_set: 0.34
+test_set: 0.0
+"""
+
+
+@pytest.mark.slow
+def test_mtt_train_on_water_born_charges(tmp_path):
+    """``mtt train`` with an energy and a per-atom Cartesian rank-2 target (~1 min)."""
+    data = RESOURCES / "water_bec" / "water_bec_3.xyz"
+    (tmp_path / "data.xyz").write_bytes(data.read_bytes())
+    (tmp_path / "options.yaml").write_text(MTT_OPTIONS)
+    result = subprocess.run(
+        [str(BIN / "mtt"), "train", "options.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "validation mtt::apt RMSE" in result.stdout + result.stderr
+
+    import metatomic.torch  # noqa: F401 (checkpoints hold metatomic objects)
+
+    checkpoint = torch.load(tmp_path / "model.ckpt", weights_only=False)
+    assert checkpoint["model_data"]["model_hypers"]["bec"] is True
+
+    from metatomic.torch import ModelEvaluationOptions, load_atomistic_model
+
+    model = load_atomistic_model(str(tmp_path / "model.pt"))
+    assert "mtt::apt" in model.capabilities().outputs
+    atoms = ase.io.read(data, index=0)
+    system = system_from_atoms(atoms, torch.float64)
+    attach_neighbors(model, [system])
+    options = ModelEvaluationOptions(
+        length_unit="angstrom", outputs={"mtt::apt": ModelOutput(sample_kind="atom")}
+    )
+    block = model([system], options, check_consistency=True)["mtt::apt"].block()
+    assert block.values.shape == (len(atoms), 3, 3, 1)
+    assert block.properties.names == ["apt"]
+    assert float(block.values.abs().max()) > 1e-4
+    assert float(block.values.sum(dim=0).abs().max()) < 1e-10
