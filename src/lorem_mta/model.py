@@ -103,9 +103,10 @@ class LoremModel(torch.nn.Module):
 
     @torch.jit.unused
     def set_electric_field(self, field: List[float]) -> None:
-        """Set the uniform electric field (V/A) that adds ``Z*_i E`` to
-        the forces (through an energy term, see
-        :py:func:`~lorem_mta.modules.bec.electric_field_energy`). Needs ``bec=True``.
+        """Set the uniform electric field (V/A) that adds ``Z*_i E`` to the forces.
+
+        The force enters through an energy term, see
+        :py:func:`~lorem_mta.modules.bec.electric_field_energy`. Needs ``bec=True``.
 
         :param field: the three Cartesian components
         """

@@ -115,8 +115,9 @@ def cartesian_rank2_matrix() -> torch.Tensor:
 
 
 class BornChargeHead(torch.nn.Module):
-    """Per-atom ``3 x 3`` tensor from spherical features (lorem-jax's
-    ``PerParticleTensorPredictor``), see the module docstring.
+    """Per-atom ``3 x 3`` tensor from spherical features, see the module docstring.
+
+    The head of lorem-jax's ``LoremBEC`` (``PerParticleTensorPredictor``).
 
     :param max_degree: largest degree ``L`` of the input features
     :param in_features: channels of the input features
