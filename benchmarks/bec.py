@@ -110,9 +110,9 @@ def predict(model_path: Path, frames):
     dtype = getattr(torch, model.capabilities().dtype)
     energies, forces, born = [], [], []
     for atoms in frames:
-        system = system_from_atoms(atoms, dtype)
-        attach_neighbors(model, [system])
-        system.positions.requires_grad_(True)
+        positions = torch.tensor(atoms.positions, dtype=dtype).requires_grad_(True)
+        system = system_from_atoms(atoms, dtype, positions)
+        attach_neighbors(model, [system])  # neighbour vectors tied to the positions
         options = ModelEvaluationOptions(
             length_unit="angstrom",
             outputs={
@@ -122,8 +122,8 @@ def predict(model_path: Path, frames):
         )
         out = model([system], options, check_consistency=False)
         energy = out["energy"].block().values.sum()
-        (gradient,) = torch.autograd.grad(energy, system.positions)
-        energies.append(float(energy))
+        (gradient,) = torch.autograd.grad(energy, positions)
+        energies.append(float(energy.detach()))
         forces.append(-gradient.detach().double().numpy())
         born.append(out["mtt::apt"].block().values[..., 0].detach().double().numpy())
     return np.array(energies), forces, born
