@@ -306,3 +306,32 @@ def test_mtt_train_on_water_born_charges(tmp_path):
     assert block.properties.names == ["apt"]
     assert float(block.values.abs().max()) > 1e-4
     assert float(block.values.sum(dim=0).abs().max()) < 1e-10
+
+
+def test_convert_jax_command_exports_born_charges(tmp_path, parity_model):
+    """``lorem-mta convert-jax`` on the LoremBEC parameters: the exported model returns
+    lorem-jax's Born charges for the periodic water frame (own neighbour list)."""
+    from metatomic.torch import ModelEvaluationOptions, load_atomistic_model
+
+    from lorem_mta.cli import main
+
+    _, data = parity_model
+    output = tmp_path / "bec.pt"
+    assert main(["convert-jax", str(PARITY), "-o", str(output), "--dtype", "float64"]) == 0
+    model = load_atomistic_model(str(output))
+    assert BORN_CHARGES in model.capabilities().outputs
+    atoms = ase.Atoms(
+        numbers=data["s0/numbers"],
+        positions=data["s0/positions"],
+        cell=data["s0/cell"],
+        pbc=True,
+    )
+    system = system_from_atoms(atoms, torch.float64)
+    attach_neighbors(model, [system])
+    options = ModelEvaluationOptions(
+        length_unit="angstrom", outputs={BORN_CHARGES: ModelOutput(sample_kind="atom")}
+    )
+    values = model([system], options, check_consistency=True)[BORN_CHARGES].block().values
+    np.testing.assert_allclose(
+        values[..., 0].detach().numpy(), data["s0/apt_exactbinom"], atol=1e-8
+    )

@@ -113,7 +113,11 @@ def main() -> None:
     for key in sorted(flat):
         value = np.asarray(flat[key], dtype=np.float64)
         noisy[key] = value + rng.normal(size=value.shape) * 0.1 * (1 + value.std())
-    params = {"params": traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in noisy.items()})}
+    params = {
+        "params": traverse_util.unflatten_dict(
+            {tuple(k.split("/")): v for k, v in noisy.items()}
+        )
+    }
     params = jax.tree.map(jnp.asarray, params)
 
     arrays = {f"param/{k}": v for k, v in noisy.items()}
@@ -166,7 +170,9 @@ def _evaluate(model, params, named, batch_of, arrays, suffix):
         arrays[prefix + "apt_raw" + suffix] = np.asarray(apt_raw)[:n]
         arrays[prefix + "nl_centers"] = np.asarray(sr.centers)[pair_mask].astype(np.int32)
         arrays[prefix + "nl_others"] = np.asarray(sr.others)[pair_mask].astype(np.int32)
-        arrays[prefix + "nl_cell_shifts"] = np.asarray(sr.cell_shifts)[pair_mask].astype(np.int32)
+        arrays[prefix + "nl_cell_shifts"] = np.asarray(sr.cell_shifts)[pair_mask].astype(
+            np.int32
+        )
         energy = float(arrays[prefix + "energy" + suffix])
         print(name + suffix, n, "atoms", int(pair_mask.sum()), "pairs, energy", energy)
 
