@@ -335,3 +335,56 @@ def test_convert_jax_command_exports_born_charges(tmp_path, parity_model):
     np.testing.assert_allclose(
         values[..., 0].detach().numpy(), data["s0/apt_exactbinom"], atol=1e-8
     )
+
+
+def _bec_architecture(bec_target=True):
+    from metatrain.utils.data import DatasetInfo
+    from metatrain.utils.data.target_info import (
+        get_energy_target_info,
+        get_generic_target_info,
+    )
+
+    from lorem_mta.architecture import LoremMta
+
+    targets = {"energy": get_energy_target_info("energy", {"quantity": "energy", "unit": "eV"})}
+    if bec_target:
+        targets["mtt::apt"] = get_generic_target_info(
+            "mtt::apt",
+            {
+                "quantity": "",
+                "unit": "e",
+                "type": {"cartesian": {"rank": 2}},
+                "num_subtargets": 1,
+                "sample_kind": "atom",
+            },
+        )
+    hypers = {"max_degree": 1, "num_features": 4, "num_spherical_features": 1, "bec": True}
+    info = DatasetInfo(length_unit="angstrom", atomic_types=[1, 8], targets=targets)
+    return LoremMta(hypers, info).to(torch.float64)
+
+
+def test_architecture_checkpoint_round_trip():
+    """metatrain model with ``bec: true``: the rank-2 target under its own name (with the
+    target's property name), the same values after a checkpoint round trip."""
+    from lorem_mta.architecture import LoremMta
+
+    model = _bec_architecture().eval()
+    assert "mtt::apt" in model.supported_outputs()
+    atoms = ase.io.read(RESOURCES / "water_bec" / "water_bec_3.xyz", index=0)
+    system = system_from_atoms(atoms, torch.float64)
+    attach_neighbors(model, [system])
+    request = {"mtt::apt": ModelOutput(sample_kind="atom")}
+    block = model([system], request)["mtt::apt"].block()
+    assert block.properties.names == ["apt"]
+    assert block.values.shape == (len(atoms), 3, 3, 1)
+
+    checkpoint = model.get_checkpoint()
+    assert checkpoint["model_data"]["model_hypers"]["bec"] is True
+    loaded = LoremMta.load_checkpoint(checkpoint, "export").eval()
+    again = loaded([system], request)["mtt::apt"].block().values
+    np.testing.assert_allclose(again.detach().numpy(), block.values.detach().numpy())
+
+
+def test_architecture_needs_a_rank2_target():
+    with pytest.raises(ValueError, match="exactly one per-atom Cartesian rank-2"):
+        _bec_architecture(bec_target=False)
