@@ -227,10 +227,15 @@ BROKEN = {
         ValueError,
         "baseline .* is empty",
     ),
-    "BEC model": (
+    "BEC model without BEC heads": (
         _break_model_yaml("lorem.models.mlip.Lorem", "lorem.models.bec.LoremBEC"),
+        KeyError,
+        "PerParticleTensorPredictor_0",
+    ),
+    "other model class": (
+        _break_model_yaml("lorem.models.mlip.Lorem", "lorem.models.mlip.LoremQ"),
         ValueError,
-        "only lorem-jax's plain Lorem",
+        "only lorem-jax's Lorem",
     ),
     "unknown hyperparameter": (
         _break_model_yaml("num_radial: 8", "num_radial: 8\n  num_heads: 2"),

@@ -14,6 +14,13 @@ they are created, so the name of every leaf follows from the hyperparameters alo
   order is converted, and weights never carry an ``m`` index, so no weight needs a
   permutation or a sign change.
 
+lorem-jax's ``LoremBEC`` (Born effective charges) has the same trunk plus one
+``PerParticleTensorPredictor`` per stage; its parameters are recognised by those leaves
+(or ``"bec": true`` in the hyperparameters) and load into a backbone with ``bec=True``.
+The predictor's last tensor product has a pseudotensor output axis, of which only the
+even-parity half is used (:py:mod:`lorem_mta.modules.bec`), so the odd half of that
+kernel is dropped.
+
 Two inputs are accepted: a flattened ``.npz`` (``param/<flax path>`` leaves and
 ``hypers_json``, see :py:func:`read_jax_npz`) and a checkpoint of a lorem-jax training run
 (``lorem-train``, see :py:mod:`lorem_mta.jax_run`).
@@ -45,7 +52,18 @@ JAX_DEFAULTS = {
     "initialize_node_features": True,
 }
 
+#: lorem-jax ``LoremBEC`` defaults: no equivariant messages, no initial node features
+JAX_BEC_DEFAULTS = {
+    **JAX_DEFAULTS,
+    "equivariant_message_passing": False,
+    "initialize_node_features": False,
+}
+
 BACKBONE_HYPERS = [k for k in JAX_DEFAULTS if k not in ("cutoff_fn", "radial_basis")]
+BACKBONE_HYPERS.append("bec")
+
+#: flax module name of the Born-effective-charge heads of ``LoremBEC``
+BEC_HEAD = "PerParticleTensorPredictor"
 
 
 class ParameterMismatchError(ValueError, RuntimeError):
@@ -68,13 +86,22 @@ class _Counter:
 def flax_names(hypers: Dict) -> List[Tuple[str, str, str]]:
     """Pair every flax module of ``lorem.Lorem`` with a ``LoremBackbone`` sub-module.
 
-    :param hypers: lorem-jax hyperparameters (missing keys take the defaults)
+    :param hypers: lorem-jax hyperparameters (missing keys take the defaults; with
+        ``"bec": true`` those of ``LoremBEC``)
     :return: list of ``(flax path, torch path, kind)`` where kind is one of
         ``embed``, ``linear``, ``mlp``, ``update``, ``e3x_dense``, ``tensor``,
-        ``tensor_dense``, ``message_pass``
+        ``tensor_dense``, ``message_pass``, ``bec_head``
     """
-    h = {**JAX_DEFAULTS, **hypers}
+    h = _with_defaults(hypers)
     name = _Counter()
+    heads = _Counter()
+
+    def bec_head() -> List[Tuple[str, str, str]]:
+        if not h["bec"]:
+            return []
+        flax = heads(BEC_HEAD)
+        return [(flax, f"bec_heads.{flax.rsplit('_', 1)[1]}", "bec_head")]
+
     pairs = [("Initial_0/ChemicalEmbedding_0/Embed_0", "embedding.embedding", "embed")]
     pairs.append(
         (
@@ -93,6 +120,7 @@ def flax_names(hypers: Dict) -> List[Tuple[str, str, str]]:
         (name("Update"), "initial.norm_update", "update"),
         (name("MLP"), "initial.readout", "mlp"),
     ]
+    pairs += bec_head()
     for k in range(h["num_message_passing"]):
         step = f"steps.{k}"
         pairs += [
@@ -115,6 +143,7 @@ def flax_names(hypers: Dict) -> List[Tuple[str, str, str]]:
                 (name("Update"), f"{eq}.norm_update", "update"),
             ]
         pairs.append((name("MLP"), f"{step}.readout", "mlp"))
+        pairs += bec_head()
     if h["lr"]:
         pairs += [
             (name("MLP"), "long_range.scalar_charge", "mlp"),
@@ -124,7 +153,14 @@ def flax_names(hypers: Dict) -> List[Tuple[str, str, str]]:
             (name("Update"), "long_range.update", "update"),
             (name("MLP"), "long_range_readout", "mlp"),
         ]
+        pairs += bec_head()
     return pairs
+
+
+def _with_defaults(hypers: Dict) -> Dict:
+    """``hypers`` completed with the defaults of ``Lorem`` or, for BEC, ``LoremBEC``."""
+    bec = bool(hypers.get("bec", False))
+    return {**(JAX_BEC_DEFAULTS if bec else JAX_DEFAULTS), "bec": bec, **hypers}
 
 
 class _Leaves(dict):
@@ -152,6 +188,15 @@ def _tensor_kernel(kernel: np.ndarray) -> np.ndarray:
     return kernel[0, :, 0, :, 0, :, :]
 
 
+def _biased_e3x_dense(
+    params: Dict[str, np.ndarray], prefix: str, target: str
+) -> Dict[str, np.ndarray]:
+    return {
+        f"{target}.weight": _e3x_dense(params, prefix),
+        f"{target}.bias": params[f"{prefix}/0+/bias"],
+    }
+
+
 def _mlp(params: Dict[str, np.ndarray], prefix: str, target: str) -> Dict[str, np.ndarray]:
     out = {}
     k = 0
@@ -173,6 +218,7 @@ def jax_to_state_dict(params: Dict[str, np.ndarray], hypers: Dict) -> Dict[str, 
     """
     params = _Leaves(params)
     state: Dict[str, np.ndarray] = {}
+    dropped = 0  # odd-parity half of the BEC heads' last tensor product kernel
     for flax, torch_name, kind in flax_names(hypers):
         if kind == "embed":
             state[f"{torch_name}.weight"] = params[f"{flax}/embedding"]
@@ -196,12 +242,25 @@ def jax_to_state_dict(params: Dict[str, np.ndarray], hypers: Dict) -> Dict[str, 
             state[f"{torch_name}.tensor.weight"] = _tensor_kernel(
                 params[f"{flax}/tensor/kernel"]
             )
+        elif kind == "bec_head":
+            for k in range(3):
+                state.update(
+                    _biased_e3x_dense(params, f"{flax}/Dense_{k}", f"{torch_name}.dense_{k}")
+                )
+            state.update(
+                _biased_e3x_dense(
+                    params, f"{flax}/TensorDense_0/dense", f"{torch_name}.projection"
+                )
+            )
+            kernel = params[f"{flax}/TensorDense_0/tensor/kernel"]  # [1, L+1, 1, L+1, 2, 3, 1]
+            state[f"{torch_name}.tensor.weight"] = _tensor_kernel(kernel)
+            dropped += kernel[:, :, :, :, 1:].size
         elif kind == "message_pass":
             state[f"{torch_name}.filter.weight"] = _e3x_dense(params, f"{flax}/filter")
             state[f"{torch_name}.tensor.weight"] = _tensor_kernel(
                 params[f"{flax}/tensor/kernel"]
             )
-    n_used = sum(v.size for v in state.values())
+    n_used = sum(v.size for v in state.values()) + dropped
     n_given = sum(v.size for v in params.values())
     if n_used != n_given:
         raise KeyError(
@@ -237,6 +296,8 @@ def read_jax_npz(path: str) -> Tuple[Dict[str, np.ndarray], Dict]:
     params = {k[len("param/") :]: v for k, v in arrays.items() if k.startswith("param/")}
     if not params:
         raise ValueError(f"'{path}' has no 'param/...' entries: not a lorem-jax export")
+    if "bec" not in hypers and any(k.startswith(BEC_HEAD + "_") for k in params):
+        hypers["bec"] = True  # a LoremBEC export
     return params, hypers
 
 
@@ -247,7 +308,7 @@ def backbone_hypers(hypers: Dict) -> Dict:
     :return: keyword arguments for :py:class:`~lorem_mta.modules.LoremBackbone`
     :raises ValueError: for cutoff functions or radial bases other than LOREM's
     """
-    h = {**JAX_DEFAULTS, **hypers}
+    h = _with_defaults(hypers)
     if h["cutoff_fn"] != "cosine_cutoff" or h["radial_basis"] != "basic_bernstein":
         raise ValueError(
             f"only cutoff_fn='cosine_cutoff' and radial_basis='basic_bernstein' are "

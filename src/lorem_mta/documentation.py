@@ -174,6 +174,31 @@ class ModelHypers(TypedDict):
     the same ``extra_data`` section; structures without it (engines that do not provide
     it, such as LAMMPS) are neutral (total charge 0)."""
 
+    bec: bool = False
+    """Whether the model also predicts Born effective charges (atomic polar tensors,
+    lorem-jax's ``LoremBEC``): one equivariant tensor head per stage (initial step,
+    every message-passing step and the long-range block) turns the spherical features
+    into a ``3 x 3`` tensor per atom, and the per-structure mean is subtracted (acoustic
+    sum rule). The dataset then needs, next to the energy target, one per-atom
+    Cartesian rank-2 target (any name, e.g. ``mtt::apt``)::
+
+        targets:
+          energy:
+            key: energy
+          mtt::apt:
+            key: apt
+            type:
+              cartesian:
+                rank: 2
+            per_atom: true
+            unit: e
+
+    Component ``[a, b]`` (row-major in the ``.xyz`` file) is the force on the atom
+    along ``a`` per unit field along ``b``. lorem-jax's ``LoremBEC`` also switches
+    ``equivariant_message_passing`` and ``initialize_node_features`` off; set them
+    explicitly to reproduce it. Each head adds about ``(max_degree + 1) * (s + 2
+    num_features) * num_features`` parameters."""
+
     long_range_method: Literal["ewald", "pme", "auto"] = "ewald"
     """How the Coulomb potentials of periodic structures are computed: ``"ewald"``
     (exact to the Ewald parameters, O(N**2) with the number of atoms, what the paper

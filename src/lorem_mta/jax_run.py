@@ -40,6 +40,8 @@ RUN_FILES = ("model.yaml", "model.msgpack", "baseline.yaml")
 
 #: model classes of lorem-jax that :py:class:`~lorem_mta.modules.LoremBackbone` implements
 JAX_MODEL_CLASSES = ("lorem.models.mlip.Lorem", "lorem.Lorem", "Lorem")
+#: lorem-jax's Born-effective-charge model (converted with ``bec=True``)
+JAX_BEC_CLASSES = ("lorem.models.bec.LoremBEC", "lorem.LoremBEC", "LoremBEC")
 
 
 def _ext_hook(code: int, payload: bytes) -> Any:
@@ -180,16 +182,18 @@ def _hypers_from_model_yaml(config: Any, path: str) -> Dict:
     if not (isinstance(config, dict) and len(config) == 1):
         raise ValueError(f"'{path}' does not describe one model: {config!r}")
     ((handle, hypers),) = config.items()
-    if handle not in JAX_MODEL_CLASSES:
+    if handle not in JAX_MODEL_CLASSES + JAX_BEC_CLASSES:
         raise ValueError(
-            f"'{path}' describes a {handle} model; only lorem-jax's plain Lorem "
-            f"({JAX_MODEL_CLASSES[0]}) can be converted"
+            f"'{path}' describes a {handle} model; only lorem-jax's Lorem "
+            f"({JAX_MODEL_CLASSES[0]}) and LoremBEC ({JAX_BEC_CLASSES[0]}) can be converted"
         )
     hypers = dict(hypers or {})
+    if handle in JAX_BEC_CLASSES:
+        hypers["bec"] = True
     inputs = hypers.pop("inputs", None)
     if inputs:
         raise ValueError(f"models with extra inputs ({inputs}) are not supported")
-    unknown = sorted(set(hypers) - set(JAX_DEFAULTS))
+    unknown = sorted(set(hypers) - set(JAX_DEFAULTS) - {"bec"})
     if unknown:
         raise ValueError(f"unknown lorem-jax hyperparameters in '{path}': {unknown}")
     return hypers

@@ -16,6 +16,11 @@ This is the only module that touches metatomic/metatensor objects. It
   in ``-l..l`` order, property ``channel`` = column of the charge stack: 0 is the scalar
   MLP charge, 1 the ``l = 0`` spherical charge, 2-4 the ``l = 1`` and 5-9 the ``l = 2``
   components);
+* with a backbone built with ``bec=True``, returns the Born effective charges
+  ``lorem::born_effective_charges`` (per atom, Cartesian rank 2: components ``xyz_1``
+  (force direction) and ``xyz_2`` (field direction), unit ``e``, acoustic sum rule
+  imposed) and adds the forces ``Z*_i E`` of the uniform electric field
+  set with :py:meth:`LoremModel.set_electric_field` (zero by default);
 * with a backbone built with ``total_charge=True``, requests the per-system ``charge``
   input (unit ``e``, metatomic's standard name: metatomic-ase fills it from
   ``atoms.info["charge"]``, metatrain from the ``extra_data: charge`` section of the
@@ -47,6 +52,8 @@ CHARGES = "lorem::charges"
 POTENTIALS = "lorem::potentials"
 #: name of the per-system total-charge input (metatomic's standard quantity)
 TOTAL_CHARGE = "charge"
+#: Born effective charges (models with ``bec=True``)
+BORN_CHARGES = "lorem::born_effective_charges"
 
 
 class LoremModel(torch.nn.Module):
@@ -85,9 +92,27 @@ class LoremModel(torch.nn.Module):
         self.neighbor_options = NeighborListOptions(
             cutoff=self.cutoff, full_list=True, strict=True
         )
+        self.has_bec = bool(backbone.bec)
+        # uniform electric field (V/A, i.e. e * field in eV/A per e) acting through the
+        # Born effective charges; not part of the state dict
+        self.register_buffer("electric_field", torch.zeros(3), persistent=False)
         self.max_degree_lr = 0
         if self.has_long_range:
             self.max_degree_lr = int(math.isqrt(backbone.num_charge_channels - 1)) - 1
+
+    @torch.jit.unused
+    def set_electric_field(self, field: List[float]) -> None:
+        """Set the uniform electric field (V/A) that adds ``Z*_i E`` to the forces.
+
+        The force enters through an energy term, see
+        :py:func:`~lorem_mta.modules.bec.electric_field_energy`. Needs ``bec=True``.
+
+        :param field: the three Cartesian components
+        """
+        if not self.has_bec:
+            raise ValueError("an electric field needs a model with Born effective charges")
+        value = torch.tensor(field, dtype=self.electric_field.dtype).reshape(3)
+        self.electric_field = value.to(self.electric_field.device)
 
     def requested_neighbor_lists(self) -> List[NeighborListOptions]:
         """The neighbour list LOREM needs: full, strict, at the cutoff.
@@ -134,6 +159,12 @@ class LoremModel(torch.nn.Module):
             outputs[POTENTIALS] = ModelOutput(
                 sample_kind="atom",
                 description="Coulomb potentials of the latent charges",
+            )
+        if self.has_bec:
+            outputs[BORN_CHARGES] = ModelOutput(
+                unit="e",
+                sample_kind="atom",
+                description="Born effective charges Z[a, b] = dF_a / dE_b",
             )
         return outputs
 
@@ -190,9 +221,12 @@ class LoremModel(torch.nn.Module):
         total_charges: Optional[torch.Tensor] = None
         if self.total_charge:
             total_charges = self._total_charges(systems, dtype, device)
+        electric_field: Optional[torch.Tensor] = None
+        if self.has_bec and bool((self.electric_field != 0).any()):
+            electric_field = self.electric_field.to(dtype).reshape(1, 3).expand(len(systems), 3)
         if selected_atoms is not None:
             mask = self._selection_mask(selected_atoms, atom_ptr, types.shape[0], device)
-            if self.has_long_range:
+            if self.has_long_range or self.has_bec:
                 lr_atoms = ~self._periodic_ghosts(positions, cells, mask, atom_ptr, periodic)
         output = self.backbone(
             types,
@@ -206,6 +240,7 @@ class LoremModel(torch.nn.Module):
             periodic,
             lr_atoms,
             total_charges,
+            electric_field,
         )
 
         system_index = torch.cat(
@@ -252,6 +287,12 @@ class LoremModel(torch.nn.Module):
                 )
         if "lorem::charges" in outputs:
             results["lorem::charges"] = self._spherical_output(output.charges[mask], samples)
+        if "lorem::born_effective_charges" in outputs:
+            if outputs["lorem::born_effective_charges"].sample_kind != "atom":
+                raise ValueError("Born effective charges are only available per atom")
+            results["lorem::born_effective_charges"] = self._cartesian_output(
+                output.born_charges[mask], samples
+            )
         if "lorem::potentials" in outputs:
             results["lorem::potentials"] = self._spherical_output(
                 output.potentials[mask], samples
@@ -400,6 +441,17 @@ class LoremModel(torch.nn.Module):
             samples=block_samples,
             components=[],
             properties=properties,
+        )
+        return TensorMap(Labels("_", torch.tensor([[0]], device=device)), [block])
+
+    def _cartesian_output(self, values: torch.Tensor, samples: Labels) -> TensorMap:
+        device = values.device
+        xyz = torch.arange(3, device=device, dtype=torch.int32).reshape(-1, 1)
+        block = TensorBlock(
+            values=values.unsqueeze(-1),
+            samples=samples,
+            components=[Labels(["xyz_1"], xyz), Labels(["xyz_2"], xyz)],
+            properties=Labels(["born_effective_charges"], torch.tensor([[0]], device=device)),
         )
         return TensorMap(Labels("_", torch.tensor([[0]], device=device)), [block])
 

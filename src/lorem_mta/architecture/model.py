@@ -12,6 +12,10 @@ With ``total_charge: true`` the model requests the per-system ``charge`` input (
 ``charge`` extra data of the datasets. Checkpoints store ``total_charge`` in the model
 hyperparameters only when it is on, so that checkpoints of models without it keep the
 version-1 layout (checkpoints without the entry load with the default, off).
+
+With ``bec: true`` the model learns, next to the energy, one per-atom Cartesian rank-2
+target (Born effective charges, any target name) and returns it under that name; like
+``total_charge``, ``bec`` is only stored in checkpoints when it is on.
 """
 
 import logging
@@ -19,7 +23,7 @@ from typing import Any, Dict, List, Literal, Optional
 
 import metatensor.torch as mts
 import torch
-from metatensor.torch import Labels, TensorMap
+from metatensor.torch import Labels, TensorBlock, TensorMap
 from metatomic.torch import (
     AtomisticModel,
     ModelCapabilities,
@@ -64,7 +68,8 @@ class LoremMta(ModelInterface[ModelHypers]):
         hypers = {**init_with_defaults(ModelHypers), **hypers}
         super().__init__(hypers, dataset_info, self.__default_metadata__)
         _check_hypers(self.hypers)
-        self.target_name = _energy_target(dataset_info.targets)
+        self.target_name = _energy_target(dataset_info.targets, bool(self.hypers["bec"]))
+        self.bec_target = _bec_target(dataset_info.targets, bool(self.hypers["bec"]))
         self.atomic_types: List[int] = list(dataset_info.atomic_types)
 
         backbone = LoremBackbone(
@@ -86,6 +91,7 @@ class LoremMta(ModelInterface[ModelHypers]):
                 else float(self.hypers["long_range_accuracy"])
             ),
             total_charge=bool(self.hypers["total_charge"]),
+            bec=bool(self.hypers["bec"]),
         )
         # the network (its own `atomic_baseline` stays zero: the composition model below
         # is the baseline)
@@ -102,6 +108,13 @@ class LoremMta(ModelInterface[ModelHypers]):
         for name, output in self.lorem.outputs().items():
             if name != "energy":
                 self.outputs[name] = output
+        self.bec_property = ""
+        if self.bec_target != "":
+            bec_info = dataset_info.targets[self.bec_target]
+            self.outputs[self.bec_target] = ModelOutput(
+                unit=bec_info.unit, sample_kind="atom", description=bec_info.description
+            )
+            self.bec_property = bec_info.layout.block().properties.names[0]
 
         # additive models and scaler: fitted by the trainer, applied in eval mode
         self.additive_models = torch.nn.ModuleList(
@@ -157,6 +170,8 @@ class LoremMta(ModelInterface[ModelHypers]):
         for name, request in outputs.items():
             if name == self.target_name:
                 lorem_outputs["energy"] = request
+            elif name == self.bec_target:
+                lorem_outputs["lorem::born_effective_charges"] = request  # BORN_CHARGES
             elif name in self.outputs or name == "features":
                 lorem_outputs[name] = request
             else:
@@ -172,6 +187,10 @@ class LoremMta(ModelInterface[ModelHypers]):
         for name, tensor_map in results.items():
             if name == "energy":
                 return_dict[self.target_name] = tensor_map
+            elif name == "lorem::born_effective_charges" and self.bec_target in outputs:
+                return_dict[self.bec_target] = _with_property(tensor_map, self.bec_property)
+                if "lorem::born_effective_charges" in outputs:
+                    return_dict[name] = tensor_map
             else:
                 return_dict[name] = tensor_map
 
@@ -221,7 +240,12 @@ class LoremMta(ModelInterface[ModelHypers]):
                 f"was not trained on (it knows {self.atomic_types}); adding atomic "
                 "types is not supported"
             )
-        new_target = _energy_target(dataset_info.targets)
+        new_target = _energy_target(dataset_info.targets, bool(self.hypers["bec"]))
+        if _bec_target(dataset_info.targets, bool(self.hypers["bec"])) != self.bec_target:
+            raise ValueError(
+                "the Born-effective-charge target of the new dataset must have the name "
+                f"'{self.bec_target}' of this model"
+            )
         if new_target != self.target_name:
             raise ValueError(
                 f"this LOREM model was trained on the target '{self.target_name}' but "
@@ -342,8 +366,43 @@ class LoremMta(ModelInterface[ModelHypers]):
         )
 
 
-def _energy_target(targets: Dict[str, TargetInfo]) -> str:
-    """Name of the single energy-like target; raise a clear error otherwise."""
+def _is_bec(info: TargetInfo) -> bool:
+    """Whether ``info`` describes a per-atom Cartesian rank-2 target."""
+    if not (info.is_cartesian and info.sample_kind == "atom") or len(info.gradients) > 0:
+        return False
+    block = info.layout.block()
+    return len(block.components) == 2 and len(block.properties) == 1
+
+
+def _bec_target(targets: Dict[str, TargetInfo], bec: bool) -> str:
+    """Name of the Born-effective-charge target ("" without ``bec``)."""
+    if not bec:
+        return ""
+    names = [name for name, info in targets.items() if _is_bec(info)]
+    if len(names) != 1:
+        raise ValueError(
+            "a LOREM model with `bec: true` learns exactly one per-atom Cartesian rank-2 "
+            "target (`type: {cartesian: {rank: 2}}`, `per_atom: true`) next to the "
+            f"energy; got {names or 'none'} among {list(targets)}"
+        )
+    return names[0]
+
+
+def _with_property(tensor_map: TensorMap, name: str) -> TensorMap:
+    """The single-block ``tensor_map`` with its property renamed to ``name``."""
+    block = tensor_map.block()
+    properties = Labels([name], block.properties.values)
+    new = TensorBlock(block.values, block.samples, block.components, properties)
+    return TensorMap(tensor_map.keys, [new])
+
+
+def _energy_target(targets: Dict[str, TargetInfo], bec: bool = False) -> str:
+    """Name of the single energy-like target; raise a clear error otherwise.
+
+    With ``bec``, one per-atom Cartesian rank-2 target may come with it.
+    """
+    if bec:
+        targets = {name: info for name, info in targets.items() if not _is_bec(info)}
     energies = [
         name
         for name, info in targets.items()
@@ -373,8 +432,9 @@ def _checkpoint_hypers(hypers: Dict[str, Any]) -> Dict[str, Any]:
     :py:meth:`LoremMta.__init__` fills in the default when the entry is missing.
     """
     stored = dict(hypers)
-    if not stored.get("total_charge", False):
-        stored.pop("total_charge", None)
+    for name in ("total_charge", "bec"):
+        if not stored.get(name, False):
+            stored.pop(name, None)
     return stored
 
 

@@ -7,7 +7,9 @@ Reads like the paper's data flow (arXiv:2507.19382, Fig. 1 and Sec. 5):
    readout :math:`E^{(0)}_i`;
 3. ``num_message_passing`` optional message-passing steps, readouts :math:`E^{(t)}_i`;
 4. the long-range block (charges, optionally shifted to each structure's total charge,
-   Ewald/direct potentials, mixing), readout :math:`E^{LR}_i`.
+   Ewald/direct potentials, mixing), readout :math:`E^{LR}_i`;
+5. with ``bec=True``, a Born-effective-charge head after every stage
+   (:py:mod:`lorem_mta.modules.bec`), summed and made to obey the acoustic sum rule.
 
 :math:`E_i = E^{(0)}_i + \sum_t E^{(t)}_i + E^{LR}_i`. The backbone never sees metatomic
 objects: the adapter in :py:mod:`lorem_mta.model` flattens systems into the tensors below,
@@ -18,6 +20,7 @@ from typing import List, NamedTuple, Optional
 
 import torch
 
+from .bec import BornChargeHead, acoustic_sum_rule, electric_field_energy
 from .layers import MLP
 from .long_range import LongRange
 from .message_passing import InitialStep, MessagePassingStep
@@ -30,13 +33,15 @@ class BackboneOutput(NamedTuple):
 
     ``energies``: atomic energies ``(n_atoms,)``; ``features``: final scalar features
     ``(n_atoms, d)``; ``charges`` and ``potentials``: long-range channels
-    ``(n_atoms, 1 + (L_lr + 1)^2)`` (empty with ``lr=False``).
+    ``(n_atoms, 1 + (L_lr + 1)^2)`` (empty with ``lr=False``); ``born_charges``: Born
+    effective charges ``(n_atoms, 3, 3)`` (``(0, 3, 3)`` without ``bec``).
     """
 
     energies: torch.Tensor
     features: torch.Tensor
     charges: torch.Tensor
     potentials: torch.Tensor
+    born_charges: torch.Tensor
 
 
 class LoremBackbone(torch.nn.Module):
@@ -60,6 +65,8 @@ class LoremBackbone(torch.nn.Module):
     :param total_charge: condition on the total charge of every structure: the scalar
         latent charges are shifted uniformly to add up to it (needs ``lr``; adds no
         parameters; not in lorem-jax)
+    :param bec: also predict Born effective charges (lorem-jax ``LoremBEC``), one
+        :py:class:`~lorem_mta.modules.bec.BornChargeHead` per stage
     """
 
     def __init__(
@@ -78,6 +85,7 @@ class LoremBackbone(torch.nn.Module):
         long_range_method: str = "ewald",
         long_range_accuracy: Optional[float] = None,
         total_charge: bool = False,
+        bec: bool = False,
     ):
         super().__init__()
         if total_charge and not lr:
@@ -107,6 +115,9 @@ class LoremBackbone(torch.nn.Module):
                 cutoff, L, max_degree_lr, d, s, long_range_method, long_range_accuracy
             )
             self.long_range_readout = MLP(d, [d, d, 1])
+        self.bec = bool(bec)
+        n_heads = (1 + num_message_passing + int(lr)) if bec else 0
+        self.bec_heads = torch.nn.ModuleList([BornChargeHead(L, s, d) for _ in range(n_heads)])
 
     def forward(
         self,
@@ -121,6 +132,7 @@ class LoremBackbone(torch.nn.Module):
         periodic: List[bool],
         lr_atoms: Optional[torch.Tensor] = None,
         total_charges: Optional[torch.Tensor] = None,
+        electric_field: Optional[torch.Tensor] = None,
     ) -> BackboneOutput:
         """Atomic energies of a batch of structures.
 
@@ -138,6 +150,10 @@ class LoremBackbone(torch.nn.Module):
         :param total_charges: total charge of every structure, shape
             ``(n_structures,)``; used only with ``total_charge=True``, where ``None``
             means neutral structures
+        :param electric_field: uniform electric field of every structure, shape
+            ``(n_structures, 3)``; with ``bec=True`` it adds the energy term of
+            :py:func:`~lorem_mta.modules.bec.electric_field_energy`, whose forces are
+            ``Z*_i E``
         :return: :py:class:`BackboneOutput`
         """
         if atomic_numbers.shape[0] == 0:
@@ -155,11 +171,13 @@ class LoremBackbone(torch.nn.Module):
         nodes_scalar, nodes_spherical, energies = self.initial(
             species_embedding, species_index, centers, neighbors, radial, harmonics
         )
+        spherical_stages: List[torch.Tensor] = [nodes_spherical]
         for step in self.steps:
             nodes_scalar, nodes_spherical, step_energies = step(
                 nodes_scalar, nodes_spherical, centers, neighbors, radial, harmonics
             )
             energies = energies + step_energies
+            spherical_stages.append(nodes_spherical)
 
         # -- long range --
         charges = torch.zeros((positions.shape[0], 0), dtype=positions.dtype)
@@ -182,10 +200,26 @@ class LoremBackbone(torch.nn.Module):
                 periodic,
                 lr_atoms,
             )
-            nodes_scalar = self.long_range.mix(nodes_scalar, nodes_spherical, potentials)
+            nodes_scalar, updates = self.long_range.mix_with_updates(
+                nodes_scalar, nodes_spherical, potentials
+            )
             energies = energies + self.long_range_readout(nodes_scalar)[:, 0]
+            spherical_stages.append(updates)
 
-        return BackboneOutput(energies, nodes_scalar, charges, potentials)
+        # -- Born effective charges --
+        born_charges = torch.zeros((0, 3, 3), dtype=positions.dtype, device=positions.device)
+        if self.bec:
+            per_stage: List[torch.Tensor] = []
+            for k, head in enumerate(self.bec_heads):
+                per_stage.append(head(spherical_stages[k]))
+            born_charges = torch.stack(per_stage).sum(dim=0)
+            born_charges = acoustic_sum_rule(born_charges, atom_ptr, lr_atoms)
+            if electric_field is not None:
+                energies = energies + electric_field_energy(
+                    born_charges, positions, electric_field, atom_ptr
+                )
+
+        return BackboneOutput(energies, nodes_scalar, charges, potentials, born_charges)
 
     def _empty_output(self, positions: torch.Tensor) -> BackboneOutput:
         """Outputs of a batch without atoms (zero-length, still tied to ``positions``).
@@ -200,4 +234,5 @@ class LoremBackbone(torch.nn.Module):
         channels = torch.zeros(
             (0, self.num_charge_channels), dtype=positions.dtype, device=positions.device
         )
-        return BackboneOutput(energies, features, channels, channels)
+        born_charges = torch.zeros((0, 3, 3), dtype=positions.dtype, device=positions.device)
+        return BackboneOutput(energies, features, channels, channels, born_charges)

@@ -43,7 +43,7 @@ large cells.
 """
 
 import math
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torchpme
@@ -515,7 +515,24 @@ class LongRange(torch.nn.Module):
         :param potentials: tensor of shape ``(n_atoms, 1 + (L_lr + 1)^2)``
         :return: updated scalar features, tensor of shape ``(n_atoms, d)``
         """
+        return self.mix_with_updates(nodes_scalar, nodes_spherical, potentials)[0]
+
+    def mix_with_updates(
+        self,
+        nodes_scalar: torch.Tensor,
+        nodes_spherical: torch.Tensor,
+        potentials: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """:py:meth:`mix`, also returning the spherical updates ``U_i``.
+
+        :param nodes_scalar: tensor of shape ``(n_atoms, d)``
+        :param nodes_spherical: tensor of shape ``(n_atoms, (L + 1)^2, s)``
+        :param potentials: tensor of shape ``(n_atoms, 1 + (L_lr + 1)^2)``
+        :return: updated scalar features ``(n_atoms, d)`` and the product of the
+            potentials with the spherical features, ``(n_atoms, (L + 1)^2, s)``
+        """
         spherical = self.potential_dense(potentials[:, 1:].unsqueeze(-1))
         updates = self.potential_tensor(spherical, nodes_spherical)
         norms = norm_features(updates, self.degrees, self.l_factors, self.max_degree)
-        return self.update(nodes_scalar, torch.cat([potentials[:, :1], norms], dim=-1))
+        nodes_scalar = self.update(nodes_scalar, torch.cat([potentials[:, :1], norms], dim=-1))
+        return nodes_scalar, updates

@@ -28,7 +28,7 @@ neighbour's spherical features, summed over neighbours.
 """
 
 import math
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -135,17 +135,25 @@ class TensorProduct(torch.nn.Module):
     :param max_degree_2: largest degree ``L2`` of the second input
     :param max_degree_out: largest output degree ``L_out``
     :param features: number of channels ``F``
+    :param paths: the ``(l1, l2, l3)`` paths to couple; by default the parity-allowed
+        ones of :py:func:`allowed_paths`
     """
 
     def __init__(
-        self, max_degree_1: int, max_degree_2: int, max_degree_out: int, features: int
+        self,
+        max_degree_1: int,
+        max_degree_2: int,
+        max_degree_out: int,
+        features: int,
+        paths: Optional[List[Tuple[int, int, int]]] = None,
     ):
         super().__init__()
         self.n_out = (max_degree_out + 1) ** 2
         shape = (max_degree_1 + 1, max_degree_2 + 1, max_degree_out + 1)
         self.weight = torch.nn.Parameter(torch.zeros(*shape, features))
 
-        paths = allowed_paths(max_degree_1, max_degree_2, max_degree_out)
+        if paths is None:
+            paths = allowed_paths(max_degree_1, max_degree_2, max_degree_out)
         self.sizes_1: List[int] = [2 * l + 1 for l in range(max_degree_1 + 1)]
         self.sizes_2: List[int] = [2 * l + 1 for l in range(max_degree_2 + 1)]
         self.sizes_out: List[int] = [2 * l + 1 for l in range(max_degree_out + 1)]
