@@ -150,6 +150,77 @@ def test_restart_one_more_epoch(trained, tmp_path):
     assert (directory / "restarted.pt").exists()
 
 
+def _checkpoints(directory):
+    """Intermediate checkpoints ``outputs/<date>/<time>/model_<epoch>.ckpt``, by epoch."""
+    found = list(Path(directory).glob("outputs/*/*/model_*.ckpt"))
+    return sorted(found, key=lambda path: int(path.stem.split("_")[1]))
+
+
+@pytest.mark.slow
+def test_restart_after_killed_training(tmp_path):
+    """``mtt train`` killed mid-run leaves a loadable checkpoint; ``--restart`` continues.
+
+    The run is killed (SIGKILL, as a crash or an out-of-time job) as soon as the first
+    intermediate checkpoint appears. Checkpoints are renamed into place once complete, so
+    every ``.ckpt`` present is whole; ``--restart auto`` finds the newest one and the
+    training continues at the following epoch. 20 s on an idle machine, 120 s under load.
+    """
+    import signal
+    import time
+
+    import metatomic.torch  # noqa: F401 (checkpoints hold metatomic objects)
+    import torch
+
+    shutil.copy(DATASET, tmp_path / "train.xyz")
+    # far more epochs than the run lives: it is always killed while training
+    training = "checkpoint_interval: 1\n"
+    (tmp_path / "options.yaml").write_text(
+        options(training=training).replace("num_epochs: 1", "num_epochs: 1000")
+    )
+    process = subprocess.Popen(
+        [str(BIN / "mtt"), "train", "options.yaml"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_environment(),
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while not _checkpoints(tmp_path):
+            assert process.poll() is None, "mtt train ended before writing a checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint after 600 s"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    assert not (tmp_path / "model.pt").exists()
+    assert not (tmp_path / "model.ckpt").exists()
+
+    # every checkpoint left behind loads, and is at the epoch its name says
+    written = _checkpoints(tmp_path)
+    for path in written:
+        checkpoint = torch.load(path, weights_only=False)
+        assert f"model_{checkpoint['epoch']}.ckpt" == path.name
+    last = torch.load(written[-1], weights_only=False)["epoch"]
+    print(f"killed with {len(written)} checkpoint(s) written, the newest at epoch {last}")
+
+    total = last + 3
+    result = run(
+        ["mtt", "train", "options.yaml", "--restart", "auto"]
+        + ["-r", f"architecture.training.num_epochs={total}"],
+        tmp_path,
+    )
+    log = result.stderr + result.stdout
+    assert f"Restarting training from '{written[-1].relative_to(tmp_path)}'" in log
+    assert f"Epoch: {last + 1:4d}" in log
+    assert f"Epoch: {last:4d}" not in log and "Epoch:    0" not in log
+    checkpoint = torch.load(tmp_path / "model.ckpt", weights_only=False)
+    assert checkpoint["epoch"] == total - 1
+    assert (tmp_path / "model.pt").exists()
+
+
 def test_export_and_eval(trained, tmp_path):
     directory = copy_of(trained, tmp_path)
     run(["mtt", "export", "model.ckpt", "-o", "exported.pt"], directory)

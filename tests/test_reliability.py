@@ -444,23 +444,36 @@ def _rocksalt(repeat: int, seed: int = 0) -> ase.Atoms:
     return atoms
 
 
-def _float32_errors(n_repeat: int):
+def _float32_errors(n_repeat: int, shifts=(0.0,)):
+    """Relative errors of float32 against float64 (energy, forces, virial), PME.
+
+    With ``shifts``, the float32 model also sees the positions translated by each shift
+    (in A, not wrapped); the float64 reference is computed once, at the original
+    positions (in float64 a translation by 1e4 A changes the energy by 2e-14, see
+    ``test_large_coordinates``). Returns the number of atoms and one tuple per shift.
+    """
     model = make_model(seed=5, long_range_method="pme")
     model_32 = copy.deepcopy(model).float()
     atoms = _rocksalt(n_repeat)
     reference = predict(model, [atoms])
-    single = predict(model_32, [atoms], dtype=torch.float32)
-    return (
-        len(atoms),
-        relative_error(single.energies, reference.energies),
-        relative_error(single.forces[0], reference.forces[0]),
-        relative_error(single.virials, reference.virials),
-    )
+    errors = []
+    for shift in shifts:
+        shifted = atoms.copy()
+        shifted.positions += shift
+        single = predict(model_32, [shifted], dtype=torch.float32)
+        errors.append(
+            (
+                relative_error(single.energies, reference.energies),
+                relative_error(single.forces[0], reference.forces[0]),
+                relative_error(single.virials, reference.virials),
+            )
+        )
+    return len(atoms), errors
 
 
 def test_float32_large_system_pme():
     """1728 atoms with PME: float32 agrees with float64 (measured 8e-7, 6e-6, 1e-5)."""
-    n_atoms, energy, forces, virial = _float32_errors(6)
+    n_atoms, [(energy, forces, virial)] = _float32_errors(6)
     assert n_atoms == 1728
     assert energy < 1e-5
     assert forces < 1e-4
@@ -470,11 +483,36 @@ def test_float32_large_system_pme():
 @pytest.mark.slow
 def test_float32_larger_system_pme():
     """4096 atoms (about 30 s): measured 9e-7, 7e-6, 3e-5."""
-    n_atoms, energy, forces, virial = _float32_errors(8)
+    n_atoms, [(energy, forces, virial)] = _float32_errors(8)
     assert n_atoms == 4096
     assert energy < 1e-5
     assert forces < 1e-4
     assert virial < 1e-4
+
+
+@pytest.mark.slow
+def test_float32_ten_thousand_atoms_pme():
+    """10 648 atoms (NaCl repeat(11); about 100 s on one loaded core), also far from 0.
+
+    Measured at the original positions: 7e-7 (energy), 2e-5 (forces), 1e-5 (virial),
+    so the bounds of the smaller systems hold with a margin of 5 or more. With the
+    positions translated by 1e3 A (float32 knows them to ~6e-5 A): 1e-6, 3e-4, 2e-4;
+    bounds 1e-5 and 2e-3.
+    """
+    n_atoms, [at_origin, far] = _float32_errors(11, shifts=(0.0, 1e3))
+    assert n_atoms == 10648
+    energy, forces, virial = at_origin
+    print(f"float32, {n_atoms} atoms: {energy:.1e} {forces:.1e} {virial:.1e}")
+    assert record(energy) < 1e-5
+    assert forces < 1e-4
+    assert virial < 1e-4
+    energy, forces, virial = far
+    print(
+        f"float32, {n_atoms} atoms translated by 1e3 A: {energy:.1e} {forces:.1e} {virial:.1e}"
+    )
+    assert energy < 1e-5
+    assert forces < 2e-3
+    assert virial < 2e-3
 
 
 def test_large_coordinates():
@@ -757,6 +795,35 @@ def test_reference_checkpoint_upgrade_is_identity():
     assert all(torch.equal(upgraded["model_state_dict"][k], v) for k, v in state.items())
 
     model = LoremMta.load_checkpoint(upgraded, context="export").eval()
+    dtype = next(model.lorem.parameters()).dtype
+    system = system_from_atoms(molecule(name="H2O"), dtype)
+    attach_neighbors(model, [system])
+    target = model.target_name
+    energy = model([system], {target: ModelOutput(sample_kind="system")})[target]
+    assert torch.isfinite(energy.block().values).all()
+
+
+def test_reference_checkpoint_v1_upgrades_and_loads():
+    """Model version 1 (with the ``column_path`` / ``column_out`` buffers) still loads.
+
+    The upgrade drops exactly those buffers and keeps every other tensor; the result
+    loads strictly into the current model and gives finite energies.
+    """
+    from lorem_mta.architecture import LoremMta, Trainer
+
+    checkpoint = _reference_checkpoint("model-v1_trainer-v1")
+    assert checkpoint["model_ckpt_version"] == 1
+    before = {k: v.clone() for k, v in checkpoint["model_state_dict"].items()}
+    upgraded = Trainer.upgrade_checkpoint(LoremMta.upgrade_checkpoint(checkpoint))
+    assert upgraded["model_ckpt_version"] == LoremMta.__checkpoint_version__
+    state = upgraded["model_state_dict"]
+    dropped = sorted(set(before) - set(state))
+    assert dropped and all(k.endswith((".column_path", ".column_out")) for k in dropped)
+    assert all(torch.equal(before[k], v) for k, v in state.items())
+    assert set(upgraded["best_model_state_dict"]) == set(state)
+
+    model = LoremMta.load_checkpoint(upgraded, context="export").eval()
+    assert sorted(model.state_dict()) == sorted(state)
     dtype = next(model.lorem.parameters()).dtype
     system = system_from_atoms(molecule(name="H2O"), dtype)
     attach_neighbors(model, [system])
