@@ -20,7 +20,10 @@ This is the only module that touches metatomic/metatensor objects. It
   input (unit ``e``, metatomic's standard name: metatomic-ase fills it from
   ``atoms.info["charge"]``, metatrain from the ``extra_data: charge`` section of the
   options) and passes it to the backbone; systems without it are taken as neutral
-  (``Q = 0``), the documented default for engines that provide no such input (LAMMPS).
+  (``Q = 0``), the documented default for engines that provide no such input (LAMMPS);
+* returns ``lorem::dipole``, the dipole moment of every molecule from the scalar latent
+  charges (and optional atomic dipoles), see :py:mod:`lorem_mta.modules.dipole`;
+  periodic systems are refused for this output.
 """
 
 import math
@@ -39,12 +42,16 @@ from metatomic.torch import (
 
 from .files import write_atomically
 from .modules import LoremBackbone
+from .modules.dipole import dipole_moments
 
 #: smallest distance between two atoms (Angstrom) accepted by the model
 MIN_DISTANCE = 0.1
 
 CHARGES = "lorem::charges"
 POTENTIALS = "lorem::potentials"
+DIPOLE = "lorem::dipole"
+#: unit of the dipole output (the charges are in elementary charges)
+DIPOLE_UNIT = "e*angstrom"
 #: name of the per-system total-charge input (metatomic's standard quantity)
 TOTAL_CHARGE = "charge"
 
@@ -135,6 +142,11 @@ class LoremModel(torch.nn.Module):
                 sample_kind="atom",
                 description="Coulomb potentials of the latent charges",
             )
+            outputs[DIPOLE] = ModelOutput(
+                unit=DIPOLE_UNIT,
+                sample_kind="system",
+                description="dipole moment of molecules (non-periodic systems only)",
+            )
         return outputs
 
     def forward(
@@ -182,6 +194,8 @@ class LoremModel(torch.nn.Module):
             atom_ptr.append(offset + len(system))
             pair_ptr.append(pair_ptr[-1] + vectors.shape[0])
 
+        if "lorem::dipole" in outputs:
+            self._check_dipole_request(outputs["lorem::dipole"], periodic)
         types = torch.cat(types_list).to(torch.long)
         positions = torch.cat(positions_list)
         cells = torch.stack(cells_list)
@@ -256,7 +270,53 @@ class LoremModel(torch.nn.Module):
             results["lorem::potentials"] = self._spherical_output(
                 output.potentials[mask], samples
             )
+        if "lorem::dipole" in outputs:
+            dipoles = dipole_moments(
+                output.charges[:, 0][mask],
+                positions[mask],
+                system_index[mask].to(torch.long),
+                len(systems),
+                output.atomic_dipoles[mask],
+            )
+            results["lorem::dipole"] = self._vector_output(dipoles)
         return results
+
+    def _check_dipole_request(self, request: ModelOutput, periodic: List[bool]) -> None:
+        """Refuse dipoles of periodic systems, per-atom dipoles and models without charges."""
+        if not self.has_long_range:
+            raise ValueError(
+                "the 'lorem::dipole' output needs the long-range block (lr=True): the "
+                "dipole is computed from the learned charges"
+            )
+        if request.sample_kind != "system":
+            raise ValueError(
+                "the 'lorem::dipole' output is per system; got sample_kind='"
+                + request.sample_kind
+                + "'"
+            )
+        for k, is_periodic in enumerate(periodic):
+            if is_periodic:
+                raise ValueError(
+                    "the dipole moment of a periodic system (system "
+                    + str(k)
+                    + ") is not defined: translating an atom by a lattice vector "
+                    "changes it, and the polarisation is multivalued. Dipoles are "
+                    "only available for molecules (pbc=False)"
+                )
+
+    def _vector_output(self, values: torch.Tensor) -> TensorMap:
+        """Per-system Cartesian vectors ``(n_systems, 3)`` as a TensorMap."""
+        device = values.device
+        block = TensorBlock(
+            values=values.unsqueeze(-1),
+            samples=Labels(
+                ["system"],
+                torch.arange(values.shape[0], device=device, dtype=torch.int32).reshape(-1, 1),
+            ),
+            components=[Labels(["xyz"], torch.arange(3, device=device).reshape(-1, 1))],
+            properties=Labels(["dipole"], torch.tensor([[0]], device=device)),
+        )
+        return TensorMap(Labels("_", torch.tensor([[0]], device=device)), [block])
 
     def _check_system(self, system: System) -> bool:
         """Validate one system; return whether it is periodic."""

@@ -7,7 +7,9 @@ Reads like the paper's data flow (arXiv:2507.19382, Fig. 1 and Sec. 5):
    readout :math:`E^{(0)}_i`;
 3. ``num_message_passing`` optional message-passing steps, readouts :math:`E^{(t)}_i`;
 4. the long-range block (charges, optionally shifted to each structure's total charge,
-   Ewald/direct potentials, mixing), readout :math:`E^{LR}_i`.
+   Ewald/direct potentials, mixing), readout :math:`E^{LR}_i`;
+5. optionally, atomic dipoles from the ``l = 1`` spherical features
+   (:py:mod:`~lorem_mta.modules.dipole`).
 
 :math:`E_i = E^{(0)}_i + \sum_t E^{(t)}_i + E^{LR}_i`. The backbone never sees metatomic
 objects: the adapter in :py:mod:`lorem_mta.model` flattens systems into the tensors below,
@@ -18,6 +20,7 @@ from typing import List, NamedTuple, Optional
 
 import torch
 
+from .dipole import AtomicDipoles
 from .layers import MLP
 from .long_range import LongRange
 from .message_passing import InitialStep, MessagePassingStep
@@ -30,13 +33,16 @@ class BackboneOutput(NamedTuple):
 
     ``energies``: atomic energies ``(n_atoms,)``; ``features``: final scalar features
     ``(n_atoms, d)``; ``charges`` and ``potentials``: long-range channels
-    ``(n_atoms, 1 + (L_lr + 1)^2)`` (empty with ``lr=False``).
+    ``(n_atoms, 1 + (L_lr + 1)^2)`` (empty with ``lr=False``); ``atomic_dipoles``:
+    Cartesian atomic dipoles ``(n_atoms, 3)`` (``(n_atoms, 0)`` without
+    ``atomic_dipoles=True``).
     """
 
     energies: torch.Tensor
     features: torch.Tensor
     charges: torch.Tensor
     potentials: torch.Tensor
+    atomic_dipoles: torch.Tensor
 
 
 class LoremBackbone(torch.nn.Module):
@@ -60,6 +66,8 @@ class LoremBackbone(torch.nn.Module):
     :param total_charge: condition on the total charge of every structure: the scalar
         latent charges are shifted uniformly to add up to it (needs ``lr``; adds no
         parameters; not in lorem-jax)
+    :param atomic_dipoles: add a learned atomic dipole head on the ``l = 1`` spherical
+        features (needs ``lr`` and ``max_degree >= 1``; not in lorem-jax)
     """
 
     def __init__(
@@ -78,6 +86,7 @@ class LoremBackbone(torch.nn.Module):
         long_range_method: str = "ewald",
         long_range_accuracy: Optional[float] = None,
         total_charge: bool = False,
+        atomic_dipoles: bool = False,
     ):
         super().__init__()
         if total_charge and not lr:
@@ -107,6 +116,14 @@ class LoremBackbone(torch.nn.Module):
                 cutoff, L, max_degree_lr, d, s, long_range_method, long_range_accuracy
             )
             self.long_range_readout = MLP(d, [d, d, 1])
+        self.atomic_dipoles = None
+        if atomic_dipoles:
+            if not lr or max_degree < 1:
+                raise ValueError(
+                    "atomic_dipoles=True needs the long-range block (lr=True) and "
+                    f"max_degree >= 1, got lr={lr}, max_degree={max_degree}"
+                )
+            self.atomic_dipoles = AtomicDipoles(s)
 
     def forward(
         self,
@@ -185,7 +202,10 @@ class LoremBackbone(torch.nn.Module):
             nodes_scalar = self.long_range.mix(nodes_scalar, nodes_spherical, potentials)
             energies = energies + self.long_range_readout(nodes_scalar)[:, 0]
 
-        return BackboneOutput(energies, nodes_scalar, charges, potentials)
+        dipoles = torch.zeros((positions.shape[0], 0), dtype=positions.dtype, device=positions.device)
+        if self.atomic_dipoles is not None:
+            dipoles = self.atomic_dipoles(nodes_spherical)
+        return BackboneOutput(energies, nodes_scalar, charges, potentials, dipoles)
 
     def _empty_output(self, positions: torch.Tensor) -> BackboneOutput:
         """Outputs of a batch without atoms (zero-length, still tied to ``positions``).
@@ -200,4 +220,6 @@ class LoremBackbone(torch.nn.Module):
         channels = torch.zeros(
             (0, self.num_charge_channels), dtype=positions.dtype, device=positions.device
         )
-        return BackboneOutput(energies, features, channels, channels)
+        n_dipole = 0 if self.atomic_dipoles is None else 3
+        dipoles = torch.zeros((0, n_dipole), dtype=positions.dtype, device=positions.device)
+        return BackboneOutput(energies, features, channels, channels, dipoles)
