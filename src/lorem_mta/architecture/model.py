@@ -184,7 +184,7 @@ class LoremMta(ModelInterface[ModelHypers]):
             if name == self.target_name:
                 lorem_outputs["energy"] = request
             elif name == self.dipole_target:
-                lorem_outputs[DIPOLE] = request
+                lorem_outputs["lorem::dipole"] = request
             elif name in self.outputs or name == "features":
                 lorem_outputs[name] = request
             else:
@@ -202,10 +202,10 @@ class LoremMta(ModelInterface[ModelHypers]):
                 return_dict[self.target_name] = tensor_map
             else:
                 return_dict[name] = tensor_map
-        if self.dipole_target != "" and DIPOLE in results:
-            return_dict[self.dipole_target] = self._dipole_layout(results[DIPOLE])
-            if DIPOLE not in outputs:
-                return_dict.pop(DIPOLE)
+        if self.dipole_target != "" and "lorem::dipole" in results:
+            return_dict[self.dipole_target] = self._dipole_layout(results["lorem::dipole"])
+            if "lorem::dipole" not in outputs:
+                return_dict.pop("lorem::dipole")
 
         if not self.training:
             return_dict = self.scaler.apply_scales(
