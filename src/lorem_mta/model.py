@@ -42,7 +42,7 @@ from metatomic.torch import (
 
 from .files import write_atomically
 from .modules import LoremBackbone
-from .modules.dipole import dipole_moments
+from .modules.dipole import dipole_contributions
 
 #: smallest distance between two atoms (Angstrom) accepted by the model
 MIN_DISTANCE = 0.1
@@ -144,8 +144,9 @@ class LoremModel(torch.nn.Module):
             )
             outputs[DIPOLE] = ModelOutput(
                 unit=DIPOLE_UNIT,
-                sample_kind="system",
-                description="dipole moment of molecules (non-periodic systems only)",
+                sample_kind="atom",
+                description="dipole moment of molecules (non-periodic systems only); "
+                "per atom: the contributions of the atoms",
             )
         return outputs
 
@@ -195,7 +196,7 @@ class LoremModel(torch.nn.Module):
             pair_ptr.append(pair_ptr[-1] + vectors.shape[0])
 
         if "lorem::dipole" in outputs:
-            self._check_dipole_request(outputs["lorem::dipole"], periodic)
+            self._check_dipole_request(periodic)
         types = torch.cat(types_list).to(torch.long)
         positions = torch.cat(positions_list)
         cells = torch.stack(cells_list)
@@ -271,28 +272,28 @@ class LoremModel(torch.nn.Module):
                 output.potentials[mask], samples
             )
         if "lorem::dipole" in outputs:
-            dipoles = dipole_moments(
+            contributions = dipole_contributions(
                 output.charges[:, 0][mask],
                 positions[mask],
                 system_index[mask].to(torch.long),
                 len(systems),
                 output.atomic_dipoles[mask],
             )
-            results["lorem::dipole"] = self._vector_output(dipoles)
+            results["lorem::dipole"] = self._vector_output(
+                contributions,
+                outputs["lorem::dipole"],
+                samples,
+                system_index[mask].to(torch.long),
+                len(systems),
+            )
         return results
 
-    def _check_dipole_request(self, request: ModelOutput, periodic: List[bool]) -> None:
-        """Refuse dipoles of periodic systems, per-atom dipoles and models without charges."""
+    def _check_dipole_request(self, periodic: List[bool]) -> None:
+        """Refuse dipoles of periodic systems and of models without charges."""
         if not self.has_long_range:
             raise ValueError(
                 "the 'lorem::dipole' output needs the long-range block (lr=True): the "
                 "dipole is computed from the learned charges"
-            )
-        if request.sample_kind != "system":
-            raise ValueError(
-                "the 'lorem::dipole' output is per system; got sample_kind='"
-                + request.sample_kind
-                + "'"
             )
         for k, is_periodic in enumerate(periodic):
             if is_periodic:
@@ -304,15 +305,27 @@ class LoremModel(torch.nn.Module):
                     "only available for molecules (pbc=False)"
                 )
 
-    def _vector_output(self, values: torch.Tensor) -> TensorMap:
-        """Per-system Cartesian vectors ``(n_systems, 3)`` as a TensorMap."""
+    def _vector_output(
+        self,
+        values: torch.Tensor,
+        request: ModelOutput,
+        samples: Labels,
+        structure: torch.Tensor,
+        n_systems: int,
+    ) -> TensorMap:
+        """Atomic vectors ``(n_atoms, 3)``, per atom or summed per system."""
         device = values.device
+        if request.sample_kind != "atom":
+            values = torch.zeros((n_systems, 3), dtype=values.dtype, device=device).index_add(
+                0, structure, values
+            )
+            samples = Labels(
+                ["system"],
+                torch.arange(n_systems, device=device, dtype=torch.int32).reshape(-1, 1),
+            )
         block = TensorBlock(
             values=values.unsqueeze(-1),
-            samples=Labels(
-                ["system"],
-                torch.arange(values.shape[0], device=device, dtype=torch.int32).reshape(-1, 1),
-            ),
+            samples=samples,
             components=[Labels(["xyz"], torch.arange(3, device=device).reshape(-1, 1))],
             properties=Labels(["dipole"], torch.tensor([[0]], device=device)),
         )

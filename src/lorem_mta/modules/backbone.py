@@ -202,7 +202,9 @@ class LoremBackbone(torch.nn.Module):
             nodes_scalar = self.long_range.mix(nodes_scalar, nodes_spherical, potentials)
             energies = energies + self.long_range_readout(nodes_scalar)[:, 0]
 
-        dipoles = torch.zeros((positions.shape[0], 0), dtype=positions.dtype, device=positions.device)
+        dipoles = torch.zeros(
+            (positions.shape[0], 0), dtype=positions.dtype, device=positions.device
+        )
         if self.atomic_dipoles is not None:
             dipoles = self.atomic_dipoles(nodes_spherical)
         return BackboneOutput(energies, nodes_scalar, charges, potentials, dipoles)

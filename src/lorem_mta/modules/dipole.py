@@ -58,6 +58,34 @@ class AtomicDipoles(torch.nn.Module):
         return vectors[:, [2, 0, 1]]
 
 
+def dipole_contributions(
+    charges: torch.Tensor,
+    positions: torch.Tensor,
+    structure: torch.Tensor,
+    n_structures: int,
+    atomic_dipoles: torch.Tensor,
+) -> torch.Tensor:
+    r"""Atomic contributions :math:`q_i (\mathbf r_i - \mathbf c) + \mathbf p_i` to the dipole.
+
+    :param charges: point charges, tensor of shape ``(n_atoms,)``
+    :param positions: tensor of shape ``(n_atoms, 3)``
+    :param structure: index of the structure of every atom, shape ``(n_atoms,)``
+    :param n_structures: number of structures
+    :param atomic_dipoles: tensor of shape ``(n_atoms, 3)``, or ``(n_atoms, 0)`` for
+        point charges only
+    :return: tensor of shape ``(n_atoms, 3)``; the sum over the atoms of a structure is
+        its dipole (:py:func:`dipole_moments`)
+    """
+    zeros = torch.zeros((n_structures, 3), dtype=positions.dtype, device=positions.device)
+    counts = torch.zeros(n_structures, dtype=positions.dtype, device=positions.device)
+    counts = counts.index_add(0, structure, torch.ones_like(charges))
+    centres = zeros.index_add(0, structure, positions) / counts.clamp(min=1.0).unsqueeze(-1)
+    contributions = charges.unsqueeze(-1) * (positions - centres[structure])  # [n_atoms, 3]
+    if atomic_dipoles.shape[1] == 3:
+        contributions = contributions + atomic_dipoles
+    return contributions
+
+
 def dipole_moments(
     charges: torch.Tensor,
     positions: torch.Tensor,
@@ -75,12 +103,8 @@ def dipole_moments(
         point charges only
     :return: tensor of shape ``(n_structures, 3)``
     """
+    contributions = dipole_contributions(
+        charges, positions, structure, n_structures, atomic_dipoles
+    )
     zeros = torch.zeros((n_structures, 3), dtype=positions.dtype, device=positions.device)
-    counts = torch.zeros(n_structures, dtype=positions.dtype, device=positions.device)
-    counts = counts.index_add(0, structure, torch.ones_like(charges))
-    centres = zeros.index_add(0, structure, positions) / counts.clamp(min=1.0).unsqueeze(-1)
-    relative = positions - centres[structure]  # [n_atoms, 3]
-    dipoles = zeros.index_add(0, structure, charges.unsqueeze(-1) * relative)
-    if atomic_dipoles.shape[1] == 3:
-        dipoles = dipoles.index_add(0, structure, atomic_dipoles)
-    return dipoles
+    return zeros.index_add(0, structure, contributions)
