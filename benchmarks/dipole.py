@@ -206,7 +206,7 @@ def baselines(frames: list) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n-train", type=int, default=96)
+    parser.add_argument("--n-train", type=int, default=128)
     parser.add_argument("--n-val", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=8)
