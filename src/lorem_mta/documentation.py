@@ -46,7 +46,9 @@ In addition to the energy target, the model can output
   TensorMap with one block per ``(o3_lambda, o3_sigma)``; property ``channel`` 0 is the
   scalar MLP charge, 1 the ``l = 0`` spherical charge, 2-4 the ``l = 1`` and 5-9 the
   ``l = 2`` components;
-- ``lorem::potentials``: the Coulomb potentials of those charges, same layout.
+- ``lorem::potentials``: the Coulomb potentials of those charges, same layout;
+- ``lorem::dipole``: the dipole moment of molecules (with ``lr: true``), a
+  per-structure Cartesian vector in ``e*angstrom``, see "Dipole moments" below.
 
 Last-layer features (``mtt::aux::energy_last_layer_features``, used by LLPR) are not
 available yet.
@@ -59,6 +61,17 @@ of every structure, read from the ``charge`` entry of the ``extra_data`` section
 the dataset options (see ``total_charge`` below). Training stops with an error if the
 model needs the charge and a dataset does not provide it. Exported models request
 metatomic's per-system ``charge`` input; structures without it are treated as neutral.
+
+Dipole moments
+--------------
+
+A dataset can hold a second target next to the energy: the dipole moment of every
+structure, a per-structure Cartesian vector (``type: {cartesian: {rank: 1}}``, e.g.
+``mtt::dipole``, without gradients). It is the dipole of the scalar latent charges
+about the geometric centre ``c`` of the molecule, ``sum_i q_i (r_i - c)``, plus, with
+``atomic_dipoles: true``, learned atomic dipoles; it has its own weight in the loss and is
+never scaled by the scaler. Only molecules (non-periodic structures) are accepted: the
+dipole of a periodic cell is not defined.
 
 {{SECTION_DEFAULT_HYPERS}}
 
@@ -198,6 +211,13 @@ class ModelHypers(TypedDict):
     ``equivariant_message_passing`` and ``initialize_node_features`` off; set them
     explicitly to reproduce it. Each head adds about ``(max_degree + 1) * (s + 2
     num_features) * num_features`` parameters."""
+    atomic_dipoles: bool = False
+    """Whether the dipole output adds learned atomic dipoles, a linear combination of the
+    ``l = 1`` spherical features of every atom, to the dipole of the point charges. Use
+    it when training on dipoles of molecules whose polarisation point charges on the
+    nuclei do not capture (lone pairs, conjugated groups). Needs ``lr: true`` and
+    ``max_degree >= 1``; adds ``num_spherical_features`` parameters. Without a dipole
+    target it has no effect on the energy. Not a lorem-jax option."""
 
     long_range_method: Literal["ewald", "pme", "auto"] = "ewald"
     """How the Coulomb potentials of periodic structures are computed: ``"ewald"``

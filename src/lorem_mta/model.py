@@ -25,7 +25,10 @@ This is the only module that touches metatomic/metatensor objects. It
   input (unit ``e``, metatomic's standard name: metatomic-ase fills it from
   ``atoms.info["charge"]``, metatrain from the ``extra_data: charge`` section of the
   options) and passes it to the backbone; systems without it are taken as neutral
-  (``Q = 0``), the documented default for engines that provide no such input (LAMMPS).
+  (``Q = 0``), the documented default for engines that provide no such input (LAMMPS);
+* returns ``lorem::dipole``, the dipole moment of every molecule from the scalar latent
+  charges (and optional atomic dipoles), see :py:mod:`lorem_mta.modules.dipole`;
+  periodic systems are refused for this output.
 """
 
 import math
@@ -44,12 +47,16 @@ from metatomic.torch import (
 
 from .files import write_atomically
 from .modules import LoremBackbone
+from .modules.dipole import dipole_contributions
 
 #: smallest distance between two atoms (Angstrom) accepted by the model
 MIN_DISTANCE = 0.1
 
 CHARGES = "lorem::charges"
 POTENTIALS = "lorem::potentials"
+DIPOLE = "lorem::dipole"
+#: unit of the dipole output (the charges are in elementary charges)
+DIPOLE_UNIT = "e*angstrom"
 #: name of the per-system total-charge input (metatomic's standard quantity)
 TOTAL_CHARGE = "charge"
 #: Born effective charges (models with ``bec=True``)
@@ -160,6 +167,12 @@ class LoremModel(torch.nn.Module):
                 sample_kind="atom",
                 description="Coulomb potentials of the latent charges",
             )
+            outputs[DIPOLE] = ModelOutput(
+                unit=DIPOLE_UNIT,
+                sample_kind="atom",
+                description="dipole moment of molecules (non-periodic systems only); "
+                "per atom: the contributions of the atoms",
+            )
         if self.has_bec:
             outputs[BORN_CHARGES] = ModelOutput(
                 unit="e",
@@ -213,6 +226,8 @@ class LoremModel(torch.nn.Module):
             atom_ptr.append(offset + len(system))
             pair_ptr.append(pair_ptr[-1] + vectors.shape[0])
 
+        if "lorem::dipole" in outputs:
+            self._check_dipole_request(periodic)
         types = torch.cat(types_list).to(torch.long)
         positions = torch.cat(positions_list)
         cells = torch.stack(cells_list)
@@ -297,7 +312,65 @@ class LoremModel(torch.nn.Module):
             results["lorem::potentials"] = self._spherical_output(
                 output.potentials[mask], samples
             )
+        if "lorem::dipole" in outputs:
+            contributions = dipole_contributions(
+                output.charges[:, 0][mask],
+                positions[mask],
+                system_index[mask].to(torch.long),
+                len(systems),
+                output.atomic_dipoles[mask],
+            )
+            results["lorem::dipole"] = self._vector_output(
+                contributions,
+                outputs["lorem::dipole"],
+                samples,
+                system_index[mask].to(torch.long),
+                len(systems),
+            )
         return results
+
+    def _check_dipole_request(self, periodic: List[bool]) -> None:
+        """Refuse dipoles of periodic systems and of models without charges."""
+        if not self.has_long_range:
+            raise ValueError(
+                "the 'lorem::dipole' output needs the long-range block (lr=True): the "
+                "dipole is computed from the learned charges"
+            )
+        for k, is_periodic in enumerate(periodic):
+            if is_periodic:
+                raise ValueError(
+                    "the dipole moment of a periodic system (system "
+                    + str(k)
+                    + ") is not defined: translating an atom by a lattice vector "
+                    "changes it, and the polarisation is multivalued. Dipoles are "
+                    "only available for molecules (pbc=False)"
+                )
+
+    def _vector_output(
+        self,
+        values: torch.Tensor,
+        request: ModelOutput,
+        samples: Labels,
+        structure: torch.Tensor,
+        n_systems: int,
+    ) -> TensorMap:
+        """Atomic vectors ``(n_atoms, 3)``, per atom or summed per system."""
+        device = values.device
+        if request.sample_kind != "atom":
+            values = torch.zeros((n_systems, 3), dtype=values.dtype, device=device).index_add(
+                0, structure, values
+            )
+            samples = Labels(
+                ["system"],
+                torch.arange(n_systems, device=device, dtype=torch.int32).reshape(-1, 1),
+            )
+        block = TensorBlock(
+            values=values.unsqueeze(-1),
+            samples=samples,
+            components=[Labels(["xyz"], torch.arange(3, device=device).reshape(-1, 1))],
+            properties=Labels(["dipole"], torch.tensor([[0]], device=device)),
+        )
+        return TensorMap(Labels("_", torch.tensor([[0]], device=device)), [block])
 
     def _check_system(self, system: System) -> bool:
         """Validate one system; return whether it is periodic."""

@@ -16,10 +16,17 @@ version-1 layout (checkpoints without the entry load with the default, off).
 With ``bec: true`` the model learns, next to the energy, one per-atom Cartesian rank-2
 target (Born effective charges, any target name) and returns it under that name; like
 ``total_charge``, ``bec`` is only stored in checkpoints when it is on.
+
+Besides the energy, a dataset may hold one **dipole** target: a per-structure Cartesian
+vector (``type: {cartesian: {rank: 1}}``, e.g. ``mtt::dipole``) of molecules. It is
+computed from the learned charges (``lorem::dipole`` of
+:py:class:`~lorem_mta.model.LoremModel`, see :py:mod:`lorem_mta.modules.dipole`), needs
+no extra parameters (unless ``atomic_dipoles: true``) and is never scaled, so that
+predictions stay equal to the dipole of the ``lorem::charges`` output.
 """
 
 import logging
-from typing import Any, Dict, List, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional, Tuple
 
 import metatensor.torch as mts
 import torch
@@ -42,7 +49,7 @@ from metatrain.utils.hypers import init_with_defaults, raise_if_hypers_mismatch
 from metatrain.utils.metadata import merge_metadata
 
 from ..documentation import ModelHypers
-from ..model import LoremModel, capabilities, default_metadata
+from ..model import DIPOLE, LoremModel, capabilities, default_metadata
 from ..modules import LoremBackbone
 from . import checkpoints
 
@@ -68,7 +75,9 @@ class LoremMta(ModelInterface[ModelHypers]):
         hypers = {**init_with_defaults(ModelHypers), **hypers}
         super().__init__(hypers, dataset_info, self.__default_metadata__)
         _check_hypers(self.hypers)
-        self.target_name = _energy_target(dataset_info.targets, bool(self.hypers["bec"]))
+        self.target_name, self.dipole_target = _targets(
+            dataset_info.targets, bool(self.hypers["bec"])
+        )
         self.bec_target = _bec_target(dataset_info.targets, bool(self.hypers["bec"]))
         self.atomic_types: List[int] = list(dataset_info.atomic_types)
 
@@ -92,6 +101,7 @@ class LoremMta(ModelInterface[ModelHypers]):
             ),
             total_charge=bool(self.hypers["total_charge"]),
             bec=bool(self.hypers["bec"]),
+            atomic_dipoles=bool(self.hypers["atomic_dipoles"]),
         )
         # the network (its own `atomic_baseline` stays zero: the composition model below
         # is the baseline)
@@ -115,6 +125,10 @@ class LoremMta(ModelInterface[ModelHypers]):
                 unit=bec_info.unit, sample_kind="atom", description=bec_info.description
             )
             self.bec_property = bec_info.layout.block().properties.names[0]
+        # property labels of the dipole target (TorchScript can not read dataset_info)
+        self.dipole_properties = Labels(["dipole"], torch.tensor([[0]]))
+        if self.dipole_target != "":
+            self._add_dipole_output(dataset_info.targets[self.dipole_target])
 
         # additive models and scaler: fitted by the trainer, applied in eval mode
         self.additive_models = torch.nn.ModuleList(
@@ -124,6 +138,20 @@ class LoremMta(ModelInterface[ModelHypers]):
             hypers=get_default_hypers("scaler")["model"], dataset_info=dataset_info
         )
         self.has_new_targets = False
+
+    def _add_dipole_output(self, target_info: TargetInfo) -> None:
+        """Declare the dipole target (needs the charges of the long-range block)."""
+        if DIPOLE not in self.outputs:
+            raise ValueError(
+                f"the dipole target '{self.dipole_target}' needs the learned charges of "
+                "the long-range block: train with `lr: true`"
+            )
+        self.dipole_properties = target_info.layout.block().properties
+        self.outputs[self.dipole_target] = ModelOutput(
+            unit=target_info.unit,
+            sample_kind="system",
+            description=target_info.description or "dipole moment (molecules only)",
+        )
 
     def supported_outputs(self) -> Dict[str, ModelOutput]:
         """Outputs of this model: the energy target, ``feature`` and the ``lorem::`` ones.
@@ -172,6 +200,8 @@ class LoremMta(ModelInterface[ModelHypers]):
                 lorem_outputs["energy"] = request
             elif name == self.bec_target:
                 lorem_outputs["lorem::born_effective_charges"] = request  # BORN_CHARGES
+            elif name == self.dipole_target:
+                lorem_outputs["lorem::dipole"] = request
             elif name in self.outputs or name == "features":
                 lorem_outputs[name] = request
             else:
@@ -193,6 +223,10 @@ class LoremMta(ModelInterface[ModelHypers]):
                     return_dict[name] = tensor_map
             else:
                 return_dict[name] = tensor_map
+        if self.dipole_target != "" and "lorem::dipole" in results:
+            return_dict[self.dipole_target] = self._dipole_layout(results["lorem::dipole"])
+            if "lorem::dipole" not in outputs:
+                return_dict.pop("lorem::dipole")
 
         if not self.training:
             return_dict = self.scaler.apply_scales(
@@ -215,6 +249,13 @@ class LoremMta(ModelInterface[ModelHypers]):
                         contribution.to(device=values.device, dtype=values.dtype),
                     )
         return return_dict
+
+    def _dipole_layout(self, dipoles: TensorMap) -> TensorMap:
+        """``lorem::dipole`` with the property labels of the dipole target."""
+        block = dipoles.block()
+        properties = self.dipole_properties.to(block.values.device)
+        new_block = TensorBlock(block.values, block.samples, block.components, properties)
+        return TensorMap(dipoles.keys, [new_block])
 
     def restart(
         self, dataset_info: DatasetInfo, model_hypers: Optional[Dict[str, Any]] = None
@@ -240,7 +281,7 @@ class LoremMta(ModelInterface[ModelHypers]):
                 f"was not trained on (it knows {self.atomic_types}); adding atomic "
                 "types is not supported"
             )
-        new_target = _energy_target(dataset_info.targets, bool(self.hypers["bec"]))
+        new_target, new_dipole = _targets(dataset_info.targets, bool(self.hypers["bec"]))
         if _bec_target(dataset_info.targets, bool(self.hypers["bec"])) != self.bec_target:
             raise ValueError(
                 "the Born-effective-charge target of the new dataset must have the name "
@@ -252,6 +293,15 @@ class LoremMta(ModelInterface[ModelHypers]):
                 f"the dataset provides '{new_target}'; rename the target in the options "
                 "file (LOREM learns exactly one energy target)"
             )
+        if new_dipole != "" and new_dipole != self.dipole_target:
+            if self.dipole_target != "":
+                raise ValueError(
+                    f"this LOREM model was trained on the dipole target "
+                    f"'{self.dipole_target}' but the dataset provides '{new_dipole}'"
+                )
+            # the dipole adds no parameters: it can be added when fine-tuning
+            self.dipole_target = new_dipole
+            self._add_dipole_output(dataset_info.targets[new_dipole])
         self.dataset_info = self.dataset_info.union(dataset_info)
         self.has_new_targets = False
         self.additive_models[0] = self.additive_models[0].restart(
@@ -396,10 +446,11 @@ def _with_property(tensor_map: TensorMap, name: str) -> TensorMap:
     return TensorMap(tensor_map.keys, [new])
 
 
-def _energy_target(targets: Dict[str, TargetInfo], bec: bool = False) -> str:
-    """Name of the single energy-like target; raise a clear error otherwise.
+def _targets(targets: Dict[str, TargetInfo], bec: bool = False) -> Tuple[str, str]:
+    """Names of the energy-like target and of the optional dipole target (or ``""``).
 
-    With ``bec``, one per-atom Cartesian rank-2 target may come with it.
+    With ``bec``, one per-atom Cartesian rank-2 target may come with them (see
+    :py:func:`_bec_target`). Raise a clear error for anything else.
     """
     if bec:
         targets = {name: info for name, info in targets.items() if not _is_bec(info)}
@@ -411,8 +462,9 @@ def _energy_target(targets: Dict[str, TargetInfo], bec: bool = False) -> str:
         and info.sample_kind == "system"
         and len(info.layout.block().properties) == 1
     ]
-    if len(targets) == 1 and len(energies) == 1:
-        return energies[0]
+    dipoles = [name for name, info in targets.items() if _is_dipole(info)]
+    if len(energies) == 1 and len(dipoles) <= 1 and len(targets) == 1 + len(dipoles):
+        return energies[0], dipoles[0] if len(dipoles) == 1 else ""
     described = {
         name: f"quantity='{info.quantity}', sample_kind='{info.sample_kind}'"
         for name, info in targets.items()
@@ -420,19 +472,35 @@ def _energy_target(targets: Dict[str, TargetInfo], bec: bool = False) -> str:
     raise ValueError(
         "LOREM (experimental.lorem_mta) learns exactly one energy-like target: a "
         "per-structure scalar with `quantity: energy` (e.g. 'energy' or 'mtt::U0', "
-        f"optionally with forces and stress/virial); got {described or 'no targets'}"
+        "optionally with forces and stress/virial), and optionally one dipole target "
+        "(a per-structure vector, `type: {cartesian: {rank: 1}}`, without gradients); "
+        f"got {described or 'no targets'}"
+    )
+
+
+def _is_dipole(info: TargetInfo) -> bool:
+    """Whether ``info`` describes a per-structure Cartesian vector with one property."""
+    block = info.layout.block()
+    return (
+        info.is_cartesian
+        and info.sample_kind == "system"
+        and len(block.components) == 1
+        and len(block.components[0]) == 3
+        and len(block.properties) == 1
+        and len(info.gradients) == 0
     )
 
 
 def _checkpoint_hypers(hypers: Dict[str, Any]) -> Dict[str, Any]:
     """Model hyperparameters as stored in checkpoints.
 
-    ``total_charge`` (added after version 1 of the checkpoints) is only written when it
-    is on: checkpoints of models without it keep exactly the version-1 layout, and
-    :py:meth:`LoremMta.__init__` fills in the default when the entry is missing.
+    ``total_charge`` and ``atomic_dipoles`` (added after version 1 of the checkpoints)
+    are only written when they are on: checkpoints of models without them keep exactly
+    the version-1 layout, and :py:meth:`LoremMta.__init__` fills in the defaults when
+    the entries are missing.
     """
     stored = dict(hypers)
-    for name in ("total_charge", "bec"):
+    for name in ("total_charge", "bec", "atomic_dipoles"):
         if not stored.get(name, False):
             stored.pop(name, None)
     return stored
@@ -460,6 +528,11 @@ def _check_hypers(hypers: Dict[str, Any]) -> None:
         raise ValueError(
             "total_charge: true needs the long-range block (lr: true): the total charge "
             "is imposed on the latent charges of the long-range part"
+        )
+    if hypers["atomic_dipoles"] and (not hypers["lr"] or int(hypers["max_degree"]) < 1):
+        raise ValueError(
+            "atomic_dipoles: true needs the long-range block (lr: true) and "
+            f"max_degree >= 1, got lr: {hypers['lr']}, max_degree: {hypers['max_degree']}"
         )
     if hypers["cutoff_fn"] != "cosine_cutoff":
         raise ValueError(f"cutoff_fn must be 'cosine_cutoff', got '{hypers['cutoff_fn']}'")

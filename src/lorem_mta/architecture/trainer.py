@@ -18,7 +18,10 @@ SLURM helpers. Differences, to keep in mind when re-syncing with upstream:
   expanded to one term per target and gradient;
 * the per-system inputs the model requests (``charge`` with ``total_charge: true``) are
   attached to the systems from the datasets' extra data, as metatrain's PET does, but a
-  dataset without them is an error instead of a warning.
+  dataset without them is an error instead of a warning;
+* an optional dipole target (see :py:mod:`lorem_mta.architecture.model`) is trained
+  alongside the energy with its own loss term; its scale is fixed to 1 so that the
+  model's dipoles stay those of its ``lorem::charges``.
 """
 
 import copy
@@ -216,7 +219,9 @@ class Trainer(TrainerInterface[TrainerHypers]):
                 )
             train_or_load_scaler(
                 scaler=model.scaler,
-                fixed_weights=hypers["fixed_scaling_weights"],
+                fixed_weights=_fixed_scaling_weights(
+                    hypers["fixed_scaling_weights"], model.dipole_target
+                ),
                 train_datasets=train_datasets,
                 additive_models=model.additive_models,
                 batch_size=hypers["batch_size"],
@@ -625,6 +630,26 @@ def _check_system_inputs(
                 "  extra_data:\n    charge:\n      key: total_charge\n      unit: e\n"
                 "or train with `total_charge: false`"
             )
+
+
+def _fixed_scaling_weights(weights: Any, dipole_target: str) -> Any:
+    """The user's fixed scaler weights, with the dipole target's scale fixed to 1.
+
+    The dipole is computed from the charges that the model outputs as
+    ``lorem::charges``; a scale other than 1 would make the two inconsistent.
+    """
+    if dipole_target == "" or isinstance(weights, str):
+        return weights
+    weights = dict(weights)
+    given = weights.get(dipole_target, 1.0)
+    if given != 1.0:
+        raise ValueError(
+            f"the scale of the dipole target '{dipole_target}' is fixed to 1 (the "
+            f"dipole is computed from the learned charges), got {given} in "
+            "`fixed_scaling_weights`"
+        )
+    weights[dipole_target] = 1.0
+    return weights
 
 
 def _optimizer(model: torch.nn.Module, hypers: TrainerHypers) -> torch.optim.Optimizer:

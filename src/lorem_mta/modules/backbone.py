@@ -9,7 +9,9 @@ Reads like the paper's data flow (arXiv:2507.19382, Fig. 1 and Sec. 5):
 4. the long-range block (charges, optionally shifted to each structure's total charge,
    Ewald/direct potentials, mixing), readout :math:`E^{LR}_i`;
 5. with ``bec=True``, a Born-effective-charge head after every stage
-   (:py:mod:`lorem_mta.modules.bec`), summed and made to obey the acoustic sum rule.
+   (:py:mod:`lorem_mta.modules.bec`), summed and made to obey the acoustic sum rule;
+6. optionally, atomic dipoles from the ``l = 1`` spherical features
+   (:py:mod:`~lorem_mta.modules.dipole`).
 
 :math:`E_i = E^{(0)}_i + \sum_t E^{(t)}_i + E^{LR}_i`. The backbone never sees metatomic
 objects: the adapter in :py:mod:`lorem_mta.model` flattens systems into the tensors below,
@@ -21,6 +23,7 @@ from typing import List, NamedTuple, Optional
 import torch
 
 from .bec import BornChargeHead, acoustic_sum_rule, electric_field_energy
+from .dipole import AtomicDipoles
 from .layers import MLP
 from .long_range import LongRange
 from .message_passing import InitialStep, MessagePassingStep
@@ -34,7 +37,9 @@ class BackboneOutput(NamedTuple):
     ``energies``: atomic energies ``(n_atoms,)``; ``features``: final scalar features
     ``(n_atoms, d)``; ``charges`` and ``potentials``: long-range channels
     ``(n_atoms, 1 + (L_lr + 1)^2)`` (empty with ``lr=False``); ``born_charges``: Born
-    effective charges ``(n_atoms, 3, 3)`` (``(0, 3, 3)`` without ``bec``).
+    effective charges ``(n_atoms, 3, 3)`` (``(0, 3, 3)`` without ``bec``);
+    ``atomic_dipoles``: Cartesian atomic dipoles ``(n_atoms, 3)`` (``(n_atoms, 0)``
+    without ``atomic_dipoles=True``).
     """
 
     energies: torch.Tensor
@@ -42,6 +47,7 @@ class BackboneOutput(NamedTuple):
     charges: torch.Tensor
     potentials: torch.Tensor
     born_charges: torch.Tensor
+    atomic_dipoles: torch.Tensor
 
 
 class LoremBackbone(torch.nn.Module):
@@ -67,6 +73,8 @@ class LoremBackbone(torch.nn.Module):
         parameters; not in lorem-jax)
     :param bec: also predict Born effective charges (lorem-jax ``LoremBEC``), one
         :py:class:`~lorem_mta.modules.bec.BornChargeHead` per stage
+    :param atomic_dipoles: add a learned atomic dipole head on the ``l = 1`` spherical
+        features (needs ``lr`` and ``max_degree >= 1``; not in lorem-jax)
     """
 
     def __init__(
@@ -86,6 +94,7 @@ class LoremBackbone(torch.nn.Module):
         long_range_accuracy: Optional[float] = None,
         total_charge: bool = False,
         bec: bool = False,
+        atomic_dipoles: bool = False,
     ):
         super().__init__()
         if total_charge and not lr:
@@ -118,6 +127,14 @@ class LoremBackbone(torch.nn.Module):
         self.bec = bool(bec)
         n_heads = (1 + num_message_passing + int(lr)) if bec else 0
         self.bec_heads = torch.nn.ModuleList([BornChargeHead(L, s, d) for _ in range(n_heads)])
+        self.atomic_dipoles = None
+        if atomic_dipoles:
+            if not lr or max_degree < 1:
+                raise ValueError(
+                    "atomic_dipoles=True needs the long-range block (lr=True) and "
+                    f"max_degree >= 1, got lr={lr}, max_degree={max_degree}"
+                )
+            self.atomic_dipoles = AtomicDipoles(s)
 
     def forward(
         self,
@@ -219,7 +236,14 @@ class LoremBackbone(torch.nn.Module):
                     born_charges, positions, electric_field, atom_ptr
                 )
 
-        return BackboneOutput(energies, nodes_scalar, charges, potentials, born_charges)
+        dipoles = torch.zeros(
+            (positions.shape[0], 0), dtype=positions.dtype, device=positions.device
+        )
+        if self.atomic_dipoles is not None:
+            dipoles = self.atomic_dipoles(nodes_spherical)
+        return BackboneOutput(
+            energies, nodes_scalar, charges, potentials, born_charges, dipoles
+        )
 
     def _empty_output(self, positions: torch.Tensor) -> BackboneOutput:
         """Outputs of a batch without atoms (zero-length, still tied to ``positions``).
@@ -235,4 +259,6 @@ class LoremBackbone(torch.nn.Module):
             (0, self.num_charge_channels), dtype=positions.dtype, device=positions.device
         )
         born_charges = torch.zeros((0, 3, 3), dtype=positions.dtype, device=positions.device)
-        return BackboneOutput(energies, features, channels, channels, born_charges)
+        n_dipole = 0 if self.atomic_dipoles is None else 3
+        dipoles = torch.zeros((0, n_dipole), dtype=positions.dtype, device=positions.device)
+        return BackboneOutput(energies, features, channels, channels, born_charges, dipoles)
