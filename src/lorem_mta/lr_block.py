@@ -42,6 +42,7 @@ import torch
 from metatensor.torch import Labels, TensorBlock, TensorMap
 from metatomic.torch import NeighborListOptions, System
 
+from .model import charge_channels_map
 from .modules.backbone import LoremBackbone
 from .modules.layers import MLP
 from .modules.long_range import LongRange
@@ -210,8 +211,8 @@ class LongRangeBlock(torch.nn.Module):
         return {
             "features": _scalar_map(features, samples, "feature"),
             "energy": _scalar_map(energies, samples, "energy"),
-            "charges": _spherical_map(charges, samples, self.max_degree_lr),
-            "potentials": _spherical_map(potentials, samples, self.max_degree_lr),
+            "charges": charge_channels_map(charges, samples, self.max_degree_lr),
+            "potentials": charge_channels_map(potentials, samples, self.max_degree_lr),
         }
 
     def _real_space_pairs(
@@ -370,25 +371,3 @@ def _scalar_map(values: torch.Tensor, samples: Labels, name: str) -> TensorMap:
     )
     block = TensorBlock(values=values, samples=samples, components=[], properties=properties)
     return TensorMap(Labels("_", torch.tensor([[0]], device=device)), [block])
-
-
-def _spherical_map(values: torch.Tensor, samples: Labels, max_degree_lr: int) -> TensorMap:
-    """Charge-like channels ``(n_atoms, 1 + (L_lr + 1)^2)`` as a spherical TensorMap."""
-    device = values.device
-    blocks: List[TensorBlock] = []
-    keys: List[List[int]] = []
-    for l in range(max_degree_lr + 1):
-        mu = torch.arange(-l, l + 1, device=device, dtype=torch.int32).reshape(-1, 1)
-        if l == 0:
-            block_values = values[:, 0:2].reshape(-1, 1, 2)
-            channels = [0, 1]
-        else:
-            start = 1 + l * l
-            block_values = values[:, start : start + 2 * l + 1].reshape(-1, 2 * l + 1, 1)
-            channels = [start]
-        properties = Labels(["channel"], torch.tensor(channels, device=device).reshape(-1, 1))
-        blocks.append(TensorBlock(block_values, samples, [Labels(["o3_mu"], mu)], properties))
-        keys.append([l, 1])
-    return TensorMap(
-        Labels(["o3_lambda", "o3_sigma"], torch.tensor(keys, device=device)), blocks
-    )

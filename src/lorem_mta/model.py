@@ -529,31 +529,39 @@ class LoremModel(torch.nn.Module):
         return TensorMap(Labels("_", torch.tensor([[0]], device=device)), [block])
 
     def _spherical_output(self, values: torch.Tensor, samples: Labels) -> TensorMap:
-        device = values.device
-        blocks: List[TensorBlock] = []
-        keys: List[List[int]] = []
-        for l in range(self.max_degree_lr + 1):
-            components = [
-                Labels(
-                    ["o3_mu"],
-                    torch.arange(-l, l + 1, device=device, dtype=torch.int32).reshape(-1, 1),
-                )
-            ]
-            if l == 0:
-                block_values = values[:, 0:2].reshape(-1, 1, 2)
-                channels = [0, 1]
-            else:
-                start = 1 + l * l
-                block_values = values[:, start : start + 2 * l + 1].reshape(-1, 2 * l + 1, 1)
-                channels = [start]
-            properties = Labels(
-                ["channel"], torch.tensor(channels, device=device).reshape(-1, 1)
-            )
-            blocks.append(TensorBlock(block_values, samples, components, properties))
-            keys.append([l, 1])
-        return TensorMap(
-            Labels(["o3_lambda", "o3_sigma"], torch.tensor(keys, device=device)), blocks
-        )
+        return charge_channels_map(values, samples, self.max_degree_lr)
+
+
+def charge_channels_map(values: torch.Tensor, samples: Labels, max_degree_lr: int) -> TensorMap:
+    """Charge-like channels as an equivariant TensorMap (``lorem::charges`` layout).
+
+    One block per ``(o3_lambda, o3_sigma = 1)``, components ``o3_mu``; property
+    ``channel``: 0 (scalar MLP charge) and 1 (``l = 0`` spherical charge) in the
+    ``l = 0`` block, ``1 + l^2`` in the others.
+
+    :param values: tensor of shape ``(n_atoms, 1 + (L_lr + 1)^2)``
+    :param samples: samples of the blocks (one per atom)
+    :param max_degree_lr: largest degree ``L_lr``
+    :return: TensorMap with ``L_lr + 1`` blocks
+    """
+    device = values.device
+    blocks: List[TensorBlock] = []
+    keys: List[List[int]] = []
+    for l in range(max_degree_lr + 1):
+        mu = torch.arange(-l, l + 1, device=device, dtype=torch.int32).reshape(-1, 1)
+        if l == 0:
+            block_values = values[:, 0:2].reshape(-1, 1, 2)
+            channels = [0, 1]
+        else:
+            start = 1 + l * l
+            block_values = values[:, start : start + 2 * l + 1].reshape(-1, 2 * l + 1, 1)
+            channels = [start]
+        properties = Labels(["channel"], torch.tensor(channels, device=device).reshape(-1, 1))
+        blocks.append(TensorBlock(block_values, samples, [Labels(["o3_mu"], mu)], properties))
+        keys.append([l, 1])
+    return TensorMap(
+        Labels(["o3_lambda", "o3_sigma"], torch.tensor(keys, device=device)), blocks
+    )
 
 
 def _format_length(value: float) -> str:
