@@ -73,14 +73,31 @@ def peak_rss_mb():
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def time_model(model, atoms, dtype, repeats, clock="wall"):
-    result = predict(model, [atoms], dtype)  # warm-up
-    times = []
+def time_models(models, atoms, dtype, repeats, clock="wall"):
+    """Median time of every model, the models interleaved within every repeat.
+
+    Interleaving makes the ratios between models (e.g. with and without long range)
+    robust against slow drifts in the speed of a shared machine.
+    """
+    results, times, failed = {}, {name: [] for name in models}, set()
+    for name, model in models.items():
+        try:
+            results[name] = predict(model, [atoms], dtype)  # warm-up
+        except RuntimeError as error:  # out of memory
+            failed.add(name)
+            print(f"# {name} failed at {len(atoms)} atoms: {str(error)[:100]}")
     for _ in range(repeats):
-        start = CLOCKS[clock]()
-        result = predict(model, [atoms], dtype)
-        times.append(CLOCKS[clock]() - start)
-    return float(np.median(times)), result
+        for name, model in models.items():
+            if name in failed:
+                continue
+            start = CLOCKS[clock]()
+            results[name] = predict(model, [atoms], dtype)
+            times[name].append(CLOCKS[clock]() - start)
+    timings = {
+        name: float(np.median(t)) if name not in failed else float("nan")
+        for name, t in times.items()
+    }
+    return timings, results
 
 
 def run_jax(sizes, repeats, no_lr, clock="wall"):
@@ -169,15 +186,7 @@ def main():
     print(" | ".join(header))
     for size in sizes:
         atoms = nacl(size)
-        timings, results = {}, {}
-        for name, model in models.items():
-            try:
-                timings[name], results[name] = time_model(
-                    model, atoms, dtype, args.repeats, args.clock
-                )
-            except RuntimeError as error:  # out of memory
-                timings[name] = float("nan")
-                print(f"# {name} failed at {len(atoms)} atoms: {str(error)[:100]}")
+        timings, results = time_models(models, atoms, dtype, args.repeats, args.clock)
         jax_time = jax_lr.get(len(atoms), {}).get("median_s", float("nan"))
         jax_sr_time = jax_sr.get(len(atoms), {}).get("median_s", float("nan"))
         with_lr = [

@@ -35,6 +35,8 @@ LABELS = {
     "ewald-1e-5": "lorem_mta, Ewald (accuracy 1e-5)",
     "pme": "lorem_mta, PME",
     "no-lr": "lorem_mta, no long range",
+    "pet": "PET (metatrain)",
+    "pet-lr": "PET with long range (metatrain)",
     "jax": "lorem-jax 0.2.0",
     "jax no-lr": "lorem-jax 0.2.0, no long range",
 }
