@@ -39,6 +39,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from .layers import structure_index
 from .tensor_product import EquivariantLinear, TensorProduct, clebsch_gordan
 
 
@@ -161,14 +162,7 @@ def acoustic_sum_rule(
     """
     n_structures = len(atom_ptr) - 1
     device, dtype = born_charges.device, born_charges.dtype
-    counts = torch.tensor(
-        [atom_ptr[k + 1] - atom_ptr[k] for k in range(n_structures)],
-        dtype=torch.long,
-        device=device,
-    )
-    structure = torch.repeat_interleave(
-        torch.arange(n_structures, device=device), counts, output_size=born_charges.shape[0]
-    )
+    structure = structure_index(atom_ptr, born_charges.shape[0], device)
     w = torch.ones(born_charges.shape[0], dtype=dtype, device=device)
     if weights is not None:
         w = weights.to(dtype)
@@ -198,12 +192,7 @@ def electric_field_energy(
     :param atom_ptr: first atom of every structure, plus the total
     :return: tensor of shape ``(n_atoms,)``
     """
-    counts = [atom_ptr[k + 1] - atom_ptr[k] for k in range(len(atom_ptr) - 1)]
-    field = torch.repeat_interleave(
-        electric_field.to(positions.dtype),
-        torch.tensor(counts, device=positions.device),
-        dim=0,
-        output_size=positions.shape[0],
-    )
+    structure = structure_index(atom_ptr, positions.shape[0], positions.device)
+    field = electric_field.to(positions.dtype)[structure]
     forces = torch.einsum("nab,nb->na", born_charges.detach(), field)
     return -(positions * forces).sum(dim=1)

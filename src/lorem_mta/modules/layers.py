@@ -107,3 +107,22 @@ class Update(torch.nn.Module):
         """
         x = self.norm_0(x + self.mlp_0(y))
         return self.norm_1(x + self.mlp_1(x))
+
+
+def structure_index(atom_ptr: List[int], n_atoms: int, device: torch.device) -> torch.Tensor:
+    """Index of the structure of every atom of a batch.
+
+    :param atom_ptr: first atom of every structure, plus the total
+    :param n_atoms: total number of atoms, ``atom_ptr[-1]``
+    :param device: device of the result
+    :return: integer tensor of shape ``(n_atoms,)``
+    """
+    n_structures = len(atom_ptr) - 1
+    counts = torch.tensor(
+        [atom_ptr[k + 1] - atom_ptr[k] for k in range(n_structures)],
+        dtype=torch.long,
+        device=device,
+    )
+    return torch.repeat_interleave(
+        torch.arange(n_structures, device=device), counts, output_size=n_atoms
+    )

@@ -49,7 +49,7 @@ import torch
 import torchpme
 from torchpme.lib import MeshInterpolator
 
-from .layers import MLP, Update
+from .layers import MLP, Update, structure_index
 from .spherical import degree_index, l_factors, norm_features
 from .tensor_product import EquivariantLinear, TensorDense, TensorProduct
 
@@ -427,14 +427,7 @@ class LongRange(torch.nn.Module):
         """
         n_structures = len(atom_ptr) - 1
         device, dtype = charges.device, charges.dtype
-        counts = torch.tensor(
-            [atom_ptr[k + 1] - atom_ptr[k] for k in range(n_structures)],
-            dtype=torch.long,
-            device=device,
-        )
-        structure = torch.repeat_interleave(
-            torch.arange(n_structures, device=device), counts, output_size=charges.shape[0]
-        )
+        structure = structure_index(atom_ptr, charges.shape[0], device)
         scalar = charges[:, 0]
         weights = torch.ones_like(scalar) if lr_atoms is None else lr_atoms.to(dtype)
         zeros = torch.zeros(n_structures, dtype=dtype, device=device)
