@@ -9,7 +9,12 @@ import torch
 
 from lorem_mta.modules.radial import BernsteinBasis, cosine_cutoff
 from lorem_mta.modules.spherical import SphericalHarmonics, degree_index, spherical_norm
-from lorem_mta.modules.tensor_product import TensorProduct, clebsch_gordan
+from lorem_mta.modules.tensor_product import (
+    EquivariantLinear,
+    TensorProduct,
+    allowed_paths,
+    clebsch_gordan,
+)
 
 torch.manual_seed(0)
 
@@ -131,21 +136,67 @@ def test_clebsch_gordan_phase():
     assert np.isclose(clebsch_gordan(1, 1, 1)[2, 0, 1], 1 / math.sqrt(2))
 
 
-def test_tensor_product_against_dense_reference():
-    tp = TensorProduct(2, 3, 3, 4).double()
+def _dense_tensor_product(tp, x, y, paths):
+    """The tensor product from its definition, one einsum per path."""
+    n_out = tp.n_out
+    expected = torch.zeros(x.shape[0], n_out, x.shape[2], dtype=torch.float64)
+    for l1, l2, l3 in paths:
+        cg = torch.tensor(clebsch_gordan(l1, l2, l3))
+        xb, yb = x[:, l1 * l1 : (l1 + 1) ** 2], y[:, l2 * l2 : (l2 + 1) ** 2]
+        expected[:, l3 * l3 : (l3 + 1) ** 2] += tp.weight[l1, l2, l3] * torch.einsum(
+            "abc,naf,nbf->ncf", cg, xb, yb
+        )
+    return expected
+
+
+@pytest.mark.parametrize(
+    "degrees,features", [((2, 3, 3), 4), ((6, 6, 2), 1), ((2, 3, 4), 1), ((1, 2, 3), 2)]
+)
+def test_tensor_product_against_dense_reference(degrees, features):
+    # features == 1 takes the single-matrix path, the others the grouped per-pair one
+    tp = TensorProduct(*degrees, features).double()
+    assert tp.single_channel == (features == 1)
     with torch.no_grad():
         tp.weight.normal_()
-    x = torch.randn(5, 9, 4, dtype=torch.float64)
-    y = torch.randn(5, 16, 4, dtype=torch.float64)
-    expected = torch.zeros(5, 16, 4, dtype=torch.float64)
-    for l1 in range(3):
-        for l2 in range(4):
-            for l3 in range(4):
-                if (l1 + l2 + l3) % 2 or not abs(l1 - l2) <= l3 <= l1 + l2:
-                    continue
-                cg = torch.tensor(clebsch_gordan(l1, l2, l3))
-                xb, yb = x[:, l1 * l1 : (l1 + 1) ** 2], y[:, l2 * l2 : (l2 + 1) ** 2]
-                expected[:, l3 * l3 : (l3 + 1) ** 2] += tp.weight[l1, l2, l3] * torch.einsum(
-                    "abc,naf,nbf->ncf", cg, xb, yb
-                )
+    x = torch.randn(5, (degrees[0] + 1) ** 2, features, dtype=torch.float64)
+    y = torch.randn(5, (degrees[1] + 1) ** 2, features, dtype=torch.float64)
+    paths = allowed_paths(*degrees)
+    expected = _dense_tensor_product(tp, x, y, paths)
     np.testing.assert_allclose(tp(x, y).detach(), expected.detach(), atol=1e-12)
+    # gradients with respect to both inputs and the weights
+    inputs = (x.requires_grad_(), y.requires_grad_())
+    assert torch.autograd.gradcheck(lambda a, b: tp(a, b), inputs)
+    (grad,) = torch.autograd.grad(tp(x, y).square().sum(), tp.weight)
+    (expected_grad,) = torch.autograd.grad(
+        _dense_tensor_product(tp, x, y, paths).square().sum(), tp.weight
+    )
+    np.testing.assert_allclose(grad, expected_grad, atol=1e-10)
+
+
+def test_single_channel_tensor_product_with_path_subset():
+    # the even-parity subset of the Born-charge heads
+    paths = [(1, 1, 0), (1, 1, 2), (2, 2, 0), (2, 0, 2)]
+    tp = TensorProduct(2, 2, 2, 1, paths=paths).double()
+    with torch.no_grad():
+        tp.weight.normal_()
+    x, y = torch.randn(4, 9, 1, dtype=torch.float64), torch.randn(4, 9, 1, dtype=torch.float64)
+    expected = _dense_tensor_product(tp, x, y, paths)
+    np.testing.assert_allclose(tp(x, y).detach(), expected.detach(), atol=1e-12)
+
+
+def test_rank_one_tensor_product_equals_the_full_product():
+    # the long-range mixing: a 1 -> F equivariant linear layer, then the product
+    tp = TensorProduct(2, 3, 3, 4).double()
+    linear = EquivariantLinear(2, 1, 4).double()
+    with torch.no_grad():
+        tp.weight.normal_()
+    v = torch.randn(6, 9, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(6, 16, 4, dtype=torch.float64, requires_grad=True)
+    full = tp(linear(v.unsqueeze(-1)), y)
+    fast = tp.rank_one(v, linear.weight[:, 0, :], y)
+    np.testing.assert_allclose(fast.detach(), full.detach(), atol=1e-12)
+    parameters = [v, y, tp.weight, linear.weight]
+    expected = torch.autograd.grad(full.square().sum(), parameters)
+    gradients = torch.autograd.grad(fast.square().sum(), parameters)
+    for gradient, reference in zip(gradients, expected, strict=True):
+        np.testing.assert_allclose(gradient, reference, atol=1e-10)

@@ -182,7 +182,45 @@ class TensorProduct(torch.nn.Module):
             offset += matrix.size
 
         self.register_buffer("cg", torch.tensor(np.concatenate(matrices), dtype=torch.float64))
+        self.single_channel = features == 1
+        self._register_sparse_cg(paths, shape, max_degree_2, max_degree_out)
         self._init_weights(paths, shape)
+
+    def _register_sparse_cg(
+        self,
+        paths: List[Tuple[int, int, int]],
+        shape: Tuple,
+        max_degree_2: int,
+        max_degree_out: int,
+    ) -> None:
+        """Non-zero coefficients of every path, for the single-channel product.
+
+        ``sparse_index`` is the flat position in the ``((L1+1)^2, (L2+1)^2,
+        (L_out+1)^2)`` coefficient tensor, ``sparse_path`` the flat index of the path's
+        weight and ``sparse_values`` the coefficient (empty unless ``F = 1``).
+        """
+        n_2, n_out = (max_degree_2 + 1) ** 2, (max_degree_out + 1) ** 2
+        index: List[np.ndarray] = [np.zeros(0, dtype=np.int64)]
+        path_index: List[np.ndarray] = [np.zeros(0, dtype=np.int64)]
+        values: List[np.ndarray] = [np.zeros(0)]
+        for l1, l2, l3 in paths if self.single_channel else []:
+            block = clebsch_gordan(l1, l2, l3)
+            a, b, c = np.nonzero(np.abs(block) > 1e-14)
+            flat = ((a + l1 * l1) * n_2 + b + l2 * l2) * n_out + c + l3 * l3
+            index.append(flat)
+            path_index.append(np.full(len(flat), (l1 * shape[1] + l2) * shape[2] + l3))
+            values.append(block[a, b, c])
+        self.register_buffer(
+            "sparse_index", torch.tensor(np.concatenate(index)), persistent=False
+        )
+        self.register_buffer(
+            "sparse_path", torch.tensor(np.concatenate(path_index)), persistent=False
+        )
+        self.register_buffer(
+            "sparse_values",
+            torch.tensor(np.concatenate(values), dtype=torch.float64),
+            persistent=False,
+        )
 
     def _init_weights(self, paths: List[Tuple[int, int, int]], shape: Tuple) -> None:
         # e3x's tensor_lecun_normal: variance 1 / (number of paths into l3)
@@ -198,6 +236,8 @@ class TensorProduct(torch.nn.Module):
         :param y: tensor of shape ``(n, (L2 + 1)^2, F)``
         :return: tensor of shape ``(n, (L_out + 1)^2, F)``
         """
+        if self.single_channel:
+            return self._single_channel(x, y)
         n, n_features = x.shape[0], self.weight.shape[-1]
         # split (not slice) the inputs per degree and accumulate the outputs per degree:
         # the backward of a split is one concatenation, while every slice of a large
@@ -220,6 +260,55 @@ class TensorProduct(torch.nn.Module):
                 path_weight = self.weight[l1, l2, l3].unsqueeze(-1)  # [F, 1]
                 outs[l3] = outs[l3] + chunks[k] * path_weight
         return torch.cat(outs, dim=2).transpose(1, 2)
+
+    def rank_one(self, v: torch.Tensor, scale: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The product for a first input that is the same in every channel up to a scale.
+
+        ``forward(x, y)`` with :math:`x^{lm}_f = v^{lm} s^l_f` (e.g. the output of a
+        ``1 -> F`` :py:class:`EquivariantLinear`, whose weight is ``scale``), without
+        forming ``x``: per input pair the coefficients are first contracted with
+        :math:`v` (no channel index), then with :math:`y`, and the scale joins the path
+        weight. Fewer operations by about a factor ``2 l1 + 1``.
+
+        :param v: tensor of shape ``(n, (L1 + 1)^2)``
+        :param scale: tensor of shape ``(L1 + 1, F)``
+        :param y: tensor of shape ``(n, (L2 + 1)^2, F)``
+        :return: tensor of shape ``(n, (L_out + 1)^2, F)``, equal to
+            ``forward(v[:, :, None] * scale[degrees], y)``
+        """
+        n, n_features = y.shape[0], self.weight.shape[-1]
+        vs = torch.split(v, self.sizes_1, dim=1)  # [n, 2 l1 + 1]
+        ys = torch.split(y.transpose(1, 2), self.sizes_2, dim=2)  # [n, F, 2 l2 + 1]
+        cg = self.cg.to(y.dtype)
+        outs: List[torch.Tensor] = [
+            torch.zeros((n, n_features, size), dtype=y.dtype, device=y.device)
+            for size in self.sizes_out
+        ]
+        for l1, l2, offset, width, first, count in self.pairs:
+            size_1, size_2 = self.sizes_1[l1], self.sizes_2[l2]
+            block = cg[offset : offset + size_1 * size_2 * width].view(size_1, size_2 * width)
+            contracted = (vs[l1] @ block).view(n, size_2, width)
+            coupled = torch.bmm(ys[l2], contracted)  # [n, F, width]
+            chunks = torch.split(coupled, self.pair_output_sizes[first : first + count], dim=2)
+            for k in range(count):
+                l3 = self.pair_outputs[first + k]
+                path_weight = (self.weight[l1, l2, l3] * scale[l1]).unsqueeze(-1)  # [F, 1]
+                outs[l3] = outs[l3] + chunks[k] * path_weight
+        return torch.cat(outs, dim=2).transpose(1, 2)
+
+    def _single_channel(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The product for ``F = 1`` with one weighted coefficient matrix.
+
+        :param x: tensor of shape ``(n, (L1 + 1)^2, 1)``
+        :param y: tensor of shape ``(n, (L2 + 1)^2, 1)``
+        :return: tensor of shape ``(n, (L_out + 1)^2, 1)``
+        """
+        n, n_1, n_2 = x.shape[0], x.shape[1], y.shape[1]
+        weights = self.weight.reshape(-1)[self.sparse_path] * self.sparse_values.to(x.dtype)
+        coupling = torch.zeros(n_1 * n_2 * self.n_out, dtype=x.dtype, device=x.device)
+        coupling = coupling.index_add(0, self.sparse_index, weights)
+        partial = (x[:, :, 0] @ coupling.view(n_1, n_2 * self.n_out)).view(n, n_2, self.n_out)
+        return torch.bmm(y.transpose(1, 2), partial).transpose(1, 2)
 
 
 class TensorDense(torch.nn.Module):
