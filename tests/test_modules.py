@@ -186,7 +186,7 @@ def test_single_channel_tensor_product_with_path_subset():
 
 def test_rank_one_tensor_product_equals_the_full_product():
     # the long-range mixing: a 1 -> F equivariant linear layer, then the product
-    tp = TensorProduct(2, 3, 3, 4).double()
+    tp = TensorProduct(2, 3, 3, 4, rank_one=True).double()
     linear = EquivariantLinear(2, 1, 4).double()
     with torch.no_grad():
         tp.weight.normal_()
@@ -200,3 +200,30 @@ def test_rank_one_tensor_product_equals_the_full_product():
     gradients = torch.autograd.grad(fast.square().sum(), parameters)
     for gradient, reference in zip(gradients, expected, strict=True):
         np.testing.assert_allclose(gradient, reference, atol=1e-10)
+
+
+def test_density_from_the_neighbor_table_equals_the_sum_of_edge_features():
+    from lorem_mta.modules.message_passing import (
+        _SphericalCoefficients,
+        _sum_over_neighbors,
+        neighbor_table,
+    )
+
+    coefficients = _SphericalCoefficients(3, 16, 4).double()
+    # unsorted centres; atoms 5 and 6 have no pairs
+    centers = torch.randint(0, 5, (40,), generator=torch.Generator().manual_seed(2))
+    edges = torch.randn(40, 16, dtype=torch.float64, requires_grad=True)
+    harmonics = torch.randn(40, 16, dtype=torch.float64, requires_grad=True)
+    table = neighbor_table(centers, 7)
+    assert table.shape == (7, int(torch.bincount(centers).max()))
+    expected = _sum_over_neighbors(coefficients(edges, harmonics), centers, 7)
+    density = coefficients.density(edges, harmonics, table)
+    torch.testing.assert_close(density, expected, rtol=1e-13, atol=1e-13)
+    assert density[5:].abs().max() == 0
+    assert torch.autograd.gradcheck(
+        lambda e, y: coefficients.density(e, y, table), (edges, harmonics)
+    )
+    # no pairs at all
+    empty = neighbor_table(torch.zeros(0, dtype=torch.long), 3)
+    assert empty.shape == (3, 0)
+    assert coefficients.density(edges[:0], harmonics[:0], empty).abs().sum() == 0

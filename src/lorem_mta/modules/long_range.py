@@ -115,11 +115,12 @@ class ChannelMeshInterpolator(MeshInterpolator):
         nx = int(self.ns_mesh[0])
         ny = int(self.ns_mesh[1])
         nz = int(self.ns_mesh[2])
-        values = self._stencil().unsqueeze(-1) * particle_weights.unsqueeze(0)
+        # channels first, like the mesh: the backward gathers contiguous rows
+        values = particle_weights.T.contiguous().unsqueeze(1) * self._stencil().unsqueeze(0)
         mesh = torch.zeros(
-            (nx * ny * nz, n_channels), dtype=particle_weights.dtype, device=self._device
-        ).index_add(0, self._flat_index(), values.reshape(-1, n_channels))
-        return mesh.T.reshape(n_channels, nx, ny, nz)
+            (n_channels, nx * ny * nz), dtype=particle_weights.dtype, device=self._device
+        ).index_add(1, self._flat_index(), values.reshape(n_channels, -1))
+        return mesh.reshape(n_channels, nx, ny, nz)
 
     def mesh_to_points(self, mesh_vals: torch.Tensor) -> torch.Tensor:
         """Interpolate mesh values of shape ``(n_channels, nx, ny, nz)`` at the points.
@@ -469,7 +470,9 @@ class LongRange(torch.nn.Module):
         self.spherical_charges = TensorDense(max_degree, s, 1, max_degree_lr)
         self.coulomb = CoulombPotentials(cutoff, method, accuracy)
         self.potential_dense = EquivariantLinear(max_degree_lr, 1, s)
-        self.potential_tensor = TensorProduct(max_degree_lr, max_degree, max_degree, s)
+        self.potential_tensor = TensorProduct(
+            max_degree_lr, max_degree, max_degree, s, rank_one=True
+        )
         self.update = Update(1 + (max_degree + 1) * s, d)
         self.register_buffer("degrees", degree_index(max_degree), persistent=False)
         self.register_buffer("l_factors", l_factors(max_degree), persistent=False)

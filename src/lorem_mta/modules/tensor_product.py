@@ -137,6 +137,7 @@ class TensorProduct(torch.nn.Module):
     :param features: number of channels ``F``
     :param paths: the ``(l1, l2, l3)`` paths to couple; by default the parity-allowed
         ones of :py:func:`allowed_paths`
+    :param rank_one: also prepare :py:meth:`rank_one`
     """
 
     def __init__(
@@ -146,6 +147,7 @@ class TensorProduct(torch.nn.Module):
         max_degree_out: int,
         features: int,
         paths: Optional[List[Tuple[int, int, int]]] = None,
+        rank_one: bool = False,
     ):
         super().__init__()
         self.n_out = (max_degree_out + 1) ** 2
@@ -184,7 +186,46 @@ class TensorProduct(torch.nn.Module):
         self.register_buffer("cg", torch.tensor(np.concatenate(matrices), dtype=torch.float64))
         self.single_channel = features == 1
         self._register_sparse_cg(paths, shape, max_degree_2, max_degree_out)
+        self._register_rank_one_cg(paths if rank_one else [], max_degree_1, max_degree_2)
         self._init_weights(paths, shape)
+
+    def _register_rank_one_cg(
+        self, paths: List[Tuple[int, int, int]], max_degree_1: int, max_degree_2: int
+    ) -> None:
+        """Coefficients of :py:meth:`rank_one`, grouped by the degree ``l2`` of ``y``.
+
+        For every ``l2``, a matrix of shape ``((L1 + 1)^2, (2 l2 + 1) * width)`` holding
+        :math:`C^{l_1 l_2 l_3}_{m_1 m_2 m_3}` at row ``(l1, m1)``, column ``(m2, k)``,
+        with ``k`` running over ``(l1, l3, m3)`` of every path from ``l2``.
+        """
+        n_1 = (max_degree_1 + 1) ** 2
+        # one entry per l2: (l2, offset, width, first path, paths)
+        self.groups: List[Tuple[int, int, int, int, int]] = []
+        self.group_paths: List[Tuple[int, int]] = []
+        self.group_sizes: List[int] = []
+        matrices: List[np.ndarray] = [np.zeros(0)]
+        offset = 0
+        for l2 in range(max_degree_2 + 1):
+            group = [(l1, l3) for l1, p2, l3 in paths if p2 == l2]
+            if not group:
+                continue
+            width = sum(2 * l3 + 1 for _, l3 in group)
+            matrix = np.zeros((n_1, 2 * l2 + 1, width))
+            column = 0
+            for l1, l3 in group:
+                block = clebsch_gordan(l1, l2, l3)
+                matrix[l1 * l1 : (l1 + 1) ** 2, :, column : column + 2 * l3 + 1] = block
+                column += 2 * l3 + 1
+            self.groups.append((l2, offset, width, len(self.group_paths), len(group)))
+            self.group_paths += group
+            self.group_sizes += [2 * l3 + 1 for _, l3 in group]
+            matrices.append(matrix.reshape(-1))
+            offset += matrix.size
+        self.register_buffer(
+            "rank_one_cg",
+            torch.tensor(np.concatenate(matrices), dtype=torch.float64),
+            persistent=False,
+        )
 
     def _register_sparse_cg(
         self,
@@ -266,9 +307,10 @@ class TensorProduct(torch.nn.Module):
 
         ``forward(x, y)`` with :math:`x^{lm}_f = v^{lm} s^l_f` (e.g. the output of a
         ``1 -> F`` :py:class:`EquivariantLinear`, whose weight is ``scale``), without
-        forming ``x``: per input pair the coefficients are first contracted with
-        :math:`v` (no channel index), then with :math:`y`, and the scale joins the path
-        weight. Fewer operations by about a factor ``2 l1 + 1``.
+        forming ``x``: for every degree ``l2`` of ``y``, the coefficients of all its
+        paths are first contracted with :math:`v` (one matrix product, no channel
+        index), then with :math:`y` (one batched product), and the scale joins the path
+        weight.
 
         :param v: tensor of shape ``(n, (L1 + 1)^2)``
         :param scale: tensor of shape ``(L1 + 1, F)``
@@ -277,21 +319,21 @@ class TensorProduct(torch.nn.Module):
             ``forward(v[:, :, None] * scale[degrees], y)``
         """
         n, n_features = y.shape[0], self.weight.shape[-1]
-        vs = torch.split(v, self.sizes_1, dim=1)  # [n, 2 l1 + 1]
+        n_1 = v.shape[1]
         ys = torch.split(y.transpose(1, 2), self.sizes_2, dim=2)  # [n, F, 2 l2 + 1]
-        cg = self.cg.to(y.dtype)
+        cg = self.rank_one_cg.to(y.dtype)
         outs: List[torch.Tensor] = [
             torch.zeros((n, n_features, size), dtype=y.dtype, device=y.device)
             for size in self.sizes_out
         ]
-        for l1, l2, offset, width, first, count in self.pairs:
-            size_1, size_2 = self.sizes_1[l1], self.sizes_2[l2]
-            block = cg[offset : offset + size_1 * size_2 * width].view(size_1, size_2 * width)
-            contracted = (vs[l1] @ block).view(n, size_2, width)
+        for l2, offset, width, first, count in self.groups:
+            size_2 = self.sizes_2[l2]
+            block = cg[offset : offset + n_1 * size_2 * width].view(n_1, size_2 * width)
+            contracted = (v @ block).view(n, size_2, width)
             coupled = torch.bmm(ys[l2], contracted)  # [n, F, width]
-            chunks = torch.split(coupled, self.pair_output_sizes[first : first + count], dim=2)
+            chunks = torch.split(coupled, self.group_sizes[first : first + count], dim=2)
             for k in range(count):
-                l3 = self.pair_outputs[first + k]
+                l1, l3 = self.group_paths[first + k]
                 path_weight = (self.weight[l1, l2, l3] * scale[l1]).unsqueeze(-1)  # [F, 1]
                 outs[l3] = outs[l3] + chunks[k] * path_weight
         return torch.cat(outs, dim=2).transpose(1, 2)
