@@ -240,14 +240,27 @@ class SplineModuliFilter(KSpaceFilter):
         )
 
     def _compute_influence(self, kvectors: torch.Tensor) -> torch.Tensor:
-        """``1 / prod_a |b_a|^2`` on the mesh; kvectors of shape ``(nx, ny, nz, 3)``."""
-        # theta_a = 2 pi m_a / K_a depends on the integer frequency only
-        theta = (kvectors.detach() @ self.cell.detach().T) / self.ns_mesh.to(kvectors.dtype)
-        values = torch.tensor(self.spline_values, dtype=theta.dtype, device=theta.device)
-        offsets = torch.tensor(self.spline_offsets, dtype=theta.dtype, device=theta.device)
-        # the spline is symmetric about the charge, so b_a is real
-        moduli = (values * torch.cos(theta.unsqueeze(-1) * offsets)).sum(dim=-1)
-        return torch.reciprocal((moduli * moduli).prod(dim=-1))
+        r"""``1 / prod_a |b_a|^2`` on the ``(nx, ny, nz // 2 + 1)`` rfft mesh.
+
+        :math:`\theta_a = 2 \pi m_a / K_a` depends on the integer frequency only, so the
+        moduli are computed per axis and multiplied (``kvectors`` gives only the shape).
+        """
+        ns: List[int] = self.ns_mesh.tolist()
+        moduli: List[torch.Tensor] = []
+        for axis in range(3):
+            n = ns[axis]
+            if axis == 2:
+                frequencies = torch.fft.rfftfreq(n, 1.0 / n, device=kvectors.device)
+            else:
+                frequencies = torch.fft.fftfreq(n, 1.0 / n, device=kvectors.device)
+            theta = 2 * torch.pi * frequencies.to(kvectors.dtype) / n
+            values = torch.tensor(self.spline_values, dtype=theta.dtype, device=theta.device)
+            offsets = torch.tensor(self.spline_offsets, dtype=theta.dtype, device=theta.device)
+            # the spline is symmetric about the charge, so b_a is real
+            modulus = (values * torch.cos(theta.unsqueeze(-1) * offsets)).sum(dim=-1)
+            moduli.append(modulus * modulus)
+        product = moduli[0][:, None, None] * moduli[1][None, :, None] * moduli[2][None, None, :]
+        return torch.reciprocal(product)
 
 
 class MeshPME(torchpme.PMECalculator):

@@ -28,7 +28,7 @@ from typing import List, Tuple
 import torch
 
 from .layers import MLP, Linear, Update
-from .radial import RadialCoefficients
+from .radial import PairTypes, RadialCoefficients
 from .spherical import degree_index, l_factors, norm_features
 from .tensor_product import EquivariantLinear, MessagePass, TensorDense, TensorProduct
 
@@ -72,6 +72,43 @@ def _gather_padded(edges: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return padded.index_select(0, table.reshape(-1)).reshape(list(table.shape) + trailing)
 
 
+def _sum_by_species(
+    matrices: torch.Tensor,
+    species_index: torch.Tensor,
+    centers: torch.Tensor,
+    neighbors: torch.Tensor,
+    radial: torch.Tensor,
+    n_species: int,
+) -> torch.Tensor:
+    """``sum_j rho_ij A_{s_i s_j}`` for every atom ``i``, summing ``rho`` first.
+
+    The radial basis of every atom is summed per neighbour species, then multiplied by
+    the matrices of the atom's species: one ``(n_atoms, S K) @ (S K, d)`` product per
+    centre species instead of a ``(n_pairs, d)`` tensor.
+
+    :param matrices: ``(S^2, K, d)`` from :py:meth:`RadialCoefficients.pair_matrices`
+    :param species_index: ``(n_atoms,)``
+    :param centers: ``(n_pairs,)``
+    :param neighbors: ``(n_pairs,)``
+    :param radial: ``(n_pairs, K)``
+    :param n_species: number of species ``S``
+    :return: tensor of shape ``(n_atoms, d)``
+    """
+    n_atoms = species_index.shape[0]
+    n_radial, n_features = matrices.shape[1], matrices.shape[2]
+    slot = centers * n_species + species_index[neighbors]
+    summed = torch.zeros(
+        (n_atoms * n_species, n_radial), dtype=radial.dtype, device=radial.device
+    ).index_add(0, slot, radial)
+    summed = summed.reshape(n_atoms, n_species * n_radial)
+    per_center = matrices.reshape(n_species, n_species * n_radial, n_features)
+    output = torch.zeros((n_atoms, n_features), dtype=radial.dtype, device=radial.device)
+    for species in range(n_species):
+        atoms = torch.nonzero(species_index == species)[:, 0]
+        output = output.index_copy(0, atoms, summed[atoms] @ per_center[species])
+    return output
+
+
 class _SphericalCoefficients(torch.nn.Module):
     """``a_ij^{lm,c} = (W k_ij)^{l,c} Y^{lm}_ij``: edge features of every degree."""
 
@@ -112,10 +149,25 @@ class _SphericalCoefficients(torch.nn.Module):
         :param table: padded pair table from :py:func:`neighbor_table`
         :return: tensor of shape ``(n_atoms, (L + 1)^2, s)``
         """
-        coefficients = self.dense(edges_scalar).reshape(
-            -1, self.max_degree + 1, self.num_spherical
-        )
-        per_degree = _gather_padded(coefficients, table).unbind(2)  # [n, w, s]
+        return self.density_from_coefficients(self.dense(edges_scalar), table, harmonics, table)
+
+    def density_from_coefficients(
+        self,
+        coefficients: torch.Tensor,
+        coefficient_table: torch.Tensor,
+        harmonics: torch.Tensor,
+        table: torch.Tensor,
+    ) -> torch.Tensor:
+        """:py:meth:`density` from the projected coefficients ``W k_ij``.
+
+        :param coefficients: ``(n_pairs, (L + 1) s)``, in any order
+        :param coefficient_table: the :py:func:`neighbor_table` in that order
+        :param harmonics: ``(n_pairs, (L + 1)^2)``
+        :param table: the :py:func:`neighbor_table` in the order of ``harmonics``
+        :return: tensor of shape ``(n_atoms, (L + 1)^2, s)``
+        """
+        coefficients = coefficients.reshape(-1, self.max_degree + 1, self.num_spherical)
+        per_degree = _gather_padded(coefficients, coefficient_table).unbind(2)  # [n, w, s]
         blocks = torch.split(_gather_padded(harmonics, table), self.sizes, dim=2)
         return torch.cat(
             [torch.bmm(blocks[l].transpose(1, 2), per_degree[l]) for l in range(len(blocks))],
@@ -180,21 +232,30 @@ class InitialStep(torch.nn.Module):
         :return: scalar features ``(n_atoms, d)``, spherical features
             ``(n_atoms, (L + 1)^2, s)`` and atomic energies ``(n_atoms,)``
         """
-        n_atoms = species_index.shape[0]
-        edges_scalar = self.radial_coefficients.forward_by_species(
-            species_embedding, species_index, centers, neighbors, radial
-        )
+        n_atoms, n_species = species_index.shape[0], species_embedding.shape[0]
+        # k_ij = rho_ij A_{s_i s_j} is linear in rho: both of its uses below are computed
+        # from the species-pair matrices A without forming k_ij for every pair
+        matrices = self.radial_coefficients.pair_matrices(species_embedding)
         if self.node_embedding is not None:
             nodes_scalar = self.node_embedding(species_embedding)[species_index]
         else:
             nodes_scalar = torch.zeros(
                 (n_atoms, self.num_features), dtype=radial.dtype, device=radial.device
             )
-        messages = self.message(_sum_over_neighbors(edges_scalar, centers, n_atoms))
-        nodes_scalar = self.message_update(nodes_scalar, messages)
+        summed = _sum_by_species(matrices, species_index, centers, neighbors, radial, n_species)
+        nodes_scalar = self.message_update(nodes_scalar, self.message(summed))
 
+        # (W k_ij)^{l,c} = rho_ij (A W^T): one (K, (L + 1) s) matrix per species pair
+        projected = matrices @ self.spherical_coefficients.dense.weight.T
+        types = PairTypes(species_index, centers, neighbors, n_species)
+        coefficients = types.apply(radial, projected)  # sorted by pair type
         table = neighbor_table(centers, n_atoms)
-        density = self.spherical_coefficients.density(edges_scalar, harmonics, table)
+        sorted_table = torch.cat(
+            [types.inverse, types.inverse.new_full((1,), types.order.shape[0])]
+        )
+        density = self.spherical_coefficients.density_from_coefficients(
+            coefficients, sorted_table[table], harmonics, table
+        )
         nodes_spherical = self.tensor_dense(density)
 
         norms = norm_features(nodes_spherical, self.degrees, self.l_factors, self.max_degree)

@@ -149,6 +149,17 @@ class RadialCoefficients(torch.nn.Module):
             ``(n_pairs, num_radial)``
         :return: tensor of shape ``(n_pairs, features)``
         """
+        matrices = self.pair_matrices(embedding)
+        types = PairTypes(species_index, centers, neighbors, embedding.shape[0])
+        return types.apply(radial, matrices)[types.inverse]
+
+    def pair_matrices(self, embedding: torch.Tensor) -> torch.Tensor:
+        """The matrix :math:`A` of every ordered species pair (the MLP once per pair).
+
+        :param embedding: one row per species present, shape ``(n_species, in_features)``
+        :return: tensor of shape ``(n_species^2, num_radial, features)``; pair ``(a, b)``
+            (centre species ``a``, neighbour species ``b``) is row ``a * n_species + b``
+        """
         n_species = embedding.shape[0]
         pair_inputs = torch.cat(
             [
@@ -157,16 +168,46 @@ class RadialCoefficients(torch.nn.Module):
             ],
             dim=-1,
         ).reshape(n_species * n_species, -1)
-        coefficients = self.mlp(pair_inputs).reshape(-1, self.num_radial, self.features)
+        return self.mlp(pair_inputs).reshape(-1, self.num_radial, self.features)
+
+
+class PairTypes:
+    """The species pair of every pair, and the pairs sorted by it.
+
+    Pairs sorted by type let a per-type linear map run as one matrix product per type
+    (and one gather back to the pair order, instead of an update of the whole output
+    per type, which the double backward of force training would copy once per type).
+
+    :param species_index: species (row of the embedding) of every atom, ``(n_atoms,)``
+    :param centers: pair centres, ``(n_pairs,)``
+    :param neighbors: pair neighbours, ``(n_pairs,)``
+    :param n_species: number of species
+    """
+
+    def __init__(
+        self,
+        species_index: torch.Tensor,
+        centers: torch.Tensor,
+        neighbors: torch.Tensor,
+        n_species: int,
+    ):
         pair_type = species_index[centers] * n_species + species_index[neighbors]
-        # pairs sorted by type, one matrix product per type, then back to the pair order
-        # (one gather instead of an update of the whole output per type, which the
-        # double backward of force training would copy once per type)
-        order = torch.argsort(pair_type)
-        counts: List[int] = torch.bincount(pair_type, minlength=n_species * n_species).tolist()
-        chunks = torch.split(radial[order], counts)
-        per_type = torch.unbind(coefficients)
-        output = torch.cat([chunks[t] @ per_type[t] for t in range(len(chunks))])
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.shape[0], device=order.device)
-        return output[inverse]
+        self.order = torch.argsort(pair_type)
+        self.counts: List[int] = torch.bincount(
+            pair_type, minlength=n_species * n_species
+        ).tolist()
+        inverse = torch.empty_like(self.order)
+        inverse[self.order] = torch.arange(self.order.shape[0], device=self.order.device)
+        #: position of every pair in the sorted order
+        self.inverse = inverse
+
+    def apply(self, radial: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
+        """``radial_ij @ matrices[type_ij]`` for every pair, in the sorted order.
+
+        :param radial: tensor of shape ``(n_pairs, K)``
+        :param matrices: tensor of shape ``(n_types, K, F)``
+        :return: tensor of shape ``(n_pairs, F)``, row ``inverse[p]`` for pair ``p``
+        """
+        chunks = torch.split(radial[self.order], self.counts)
+        per_type = torch.unbind(matrices)
+        return torch.cat([chunks[t] @ per_type[t] for t in range(len(chunks))])
