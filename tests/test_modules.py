@@ -217,13 +217,45 @@ def test_density_from_the_neighbor_table_equals_the_sum_of_edge_features():
     table = neighbor_table(centers, 7)
     assert table.shape == (7, int(torch.bincount(centers).max()))
     expected = _sum_over_neighbors(coefficients(edges, harmonics), centers, 7)
-    density = coefficients.density(edges, harmonics, table)
+    density = coefficients.density_from_coefficients(
+        coefficients.dense(edges), table, harmonics, table
+    )
     torch.testing.assert_close(density, expected, rtol=1e-13, atol=1e-13)
     assert density[5:].abs().max() == 0
     assert torch.autograd.gradcheck(
-        lambda e, y: coefficients.density(e, y, table), (edges, harmonics)
+        lambda e, y: coefficients.density_from_coefficients(
+            coefficients.dense(e), table, y, table
+        ),
+        (edges, harmonics),
     )
     # no pairs at all
     empty = neighbor_table(torch.zeros(0, dtype=torch.long), 3)
     assert empty.shape == (3, 0)
-    assert coefficients.density(edges[:0], harmonics[:0], empty).abs().sum() == 0
+    no_pairs = coefficients.density_from_coefficients(
+        coefficients.dense(edges[:0]), empty, harmonics[:0], empty
+    )
+    assert no_pairs.abs().sum() == 0
+
+
+def test_species_pair_shortcuts_equal_the_per_pair_radial_coefficients():
+    from lorem_mta.modules.message_passing import _sum_by_species
+    from lorem_mta.modules.radial import PairTypes, RadialCoefficients
+
+    torch.manual_seed(3)
+    radial_coefficients = RadialCoefficients(4, 6, 5).double()
+    embedding = torch.randn(3, 4, dtype=torch.float64)
+    species_index = torch.tensor([0, 2, 1, 1, 0, 2, 2])
+    centers = torch.randint(0, 7, (30,))
+    neighbors = torch.randint(0, 7, (30,))
+    radial = torch.randn(30, 6, dtype=torch.float64)
+    # the MLP on every pair (what the model computes in message-passing steps)
+    per_pair = radial_coefficients(embedding[species_index], centers, neighbors, radial)
+
+    matrices = radial_coefficients.pair_matrices(embedding)
+    types = PairTypes(species_index, centers, neighbors, 3)
+    by_type = types.apply(radial, matrices)
+    torch.testing.assert_close(by_type[types.inverse], per_pair, rtol=1e-12, atol=1e-12)
+    # sum over the neighbours from the radial basis summed per neighbour species
+    expected = torch.zeros(7, 5, dtype=torch.float64).index_add(0, centers, per_pair)
+    summed = _sum_by_species(matrices, species_index, centers, neighbors, radial, 3)
+    torch.testing.assert_close(summed, expected, rtol=1e-12, atol=1e-12)

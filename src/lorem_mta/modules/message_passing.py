@@ -131,9 +131,10 @@ class _SphericalCoefficients(torch.nn.Module):
             dim=1,
         )  # [P, lm, s]
 
-    def density(
+    def density_from_coefficients(
         self,
-        edges_scalar: torch.Tensor,
+        coefficients: torch.Tensor,
+        coefficient_table: torch.Tensor,
         harmonics: torch.Tensor,
         table: torch.Tensor,
     ) -> torch.Tensor:
@@ -143,22 +144,6 @@ class _SphericalCoefficients(torch.nn.Module):
         its ``(2l + 1, width)`` harmonics and ``(width, s)`` coefficients: one batched
         matrix product over atoms on the padded :py:func:`neighbor_table`. Same sums in
         the same order as adding the edge features up, with 4-8x less memory traffic.
-
-        :param edges_scalar: ``(n_pairs, d)``
-        :param harmonics: ``(n_pairs, (L + 1)^2)``
-        :param table: padded pair table from :py:func:`neighbor_table`
-        :return: tensor of shape ``(n_atoms, (L + 1)^2, s)``
-        """
-        return self.density_from_coefficients(self.dense(edges_scalar), table, harmonics, table)
-
-    def density_from_coefficients(
-        self,
-        coefficients: torch.Tensor,
-        coefficient_table: torch.Tensor,
-        harmonics: torch.Tensor,
-        table: torch.Tensor,
-    ) -> torch.Tensor:
-        """:py:meth:`density` from the projected coefficients ``W k_ij``.
 
         :param coefficients: ``(n_pairs, (L + 1) s)``, in any order
         :param coefficient_table: the :py:func:`neighbor_table` in that order

@@ -127,32 +127,6 @@ class RadialCoefficients(torch.nn.Module):
         coefficients = self.mlp(pair_inputs).reshape(-1, self.num_radial, self.features)
         return torch.einsum("pkf,pk->pf", coefficients, radial)
 
-    def forward_by_species(
-        self,
-        embedding: torch.Tensor,
-        species_index: torch.Tensor,
-        centers: torch.Tensor,
-        neighbors: torch.Tensor,
-        radial: torch.Tensor,
-    ) -> torch.Tensor:
-        """Same as :py:meth:`forward` when the input depends on the species only.
-
-        The MLP then depends only on the species pair, so it runs once per distinct
-        pair instead of once per edge (exactly the same numbers, far less work).
-
-        :param embedding: one row per species present, tensor of shape
-            ``(n_species, in_features)``
-        :param species_index: row of ``embedding`` for every atom, shape ``(n_atoms,)``
-        :param centers: index ``i`` of every pair, tensor of shape ``(n_pairs,)``
-        :param neighbors: index ``j`` of every pair, tensor of shape ``(n_pairs,)``
-        :param radial: radial basis times cutoff, tensor of shape
-            ``(n_pairs, num_radial)``
-        :return: tensor of shape ``(n_pairs, features)``
-        """
-        matrices = self.pair_matrices(embedding)
-        types = PairTypes(species_index, centers, neighbors, embedding.shape[0])
-        return types.apply(radial, matrices)[types.inverse]
-
     def pair_matrices(self, embedding: torch.Tensor) -> torch.Tensor:
         """The matrix :math:`A` of every ordered species pair (the MLP once per pair).
 
