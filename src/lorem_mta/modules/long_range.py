@@ -220,7 +220,6 @@ class SplineModuliFilter(KSpaceFilter):
         self.spline_values: List[float] = values.reshape(-1).tolist()
         half = (interpolation_nodes - 1) // 2
         self.spline_offsets: List[float] = [float(j) for j in range(-half, half + 1)]
-        self.interpolation_nodes = interpolation_nodes
         super().__init__(cell, ns_mesh, kernel, fft_norm="backward", ifft_norm="forward")
 
     @torch.jit.export
@@ -243,19 +242,21 @@ class SplineModuliFilter(KSpaceFilter):
         r"""``1 / prod_a |b_a|^2`` on the ``(nx, ny, nz // 2 + 1)`` rfft mesh.
 
         :math:`\theta_a = 2 \pi m_a / K_a` depends on the integer frequency only, so the
-        moduli are computed per axis and multiplied (``kvectors`` gives only the shape).
+        moduli are computed per axis and multiplied (``kvectors`` gives only the dtype
+        and device).
         """
         ns: List[int] = self.ns_mesh.tolist()
+        dtype, device = kvectors.dtype, kvectors.device
+        values = torch.tensor(self.spline_values, dtype=dtype, device=device)
+        offsets = torch.tensor(self.spline_offsets, dtype=dtype, device=device)
         moduli: List[torch.Tensor] = []
         for axis in range(3):
             n = ns[axis]
             if axis == 2:
-                frequencies = torch.fft.rfftfreq(n, 1.0 / n, device=kvectors.device)
+                frequencies = torch.fft.rfftfreq(n, 1.0 / n, device=device)
             else:
-                frequencies = torch.fft.fftfreq(n, 1.0 / n, device=kvectors.device)
-            theta = 2 * torch.pi * frequencies.to(kvectors.dtype) / n
-            values = torch.tensor(self.spline_values, dtype=theta.dtype, device=theta.device)
-            offsets = torch.tensor(self.spline_offsets, dtype=theta.dtype, device=theta.device)
+                frequencies = torch.fft.fftfreq(n, 1.0 / n, device=device)
+            theta = 2 * torch.pi * frequencies.to(dtype) / n
             # the spline is symmetric about the charge, so b_a is real
             modulus = (values * torch.cos(theta.unsqueeze(-1) * offsets)).sum(dim=-1)
             moduli.append(modulus * modulus)
