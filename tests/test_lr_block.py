@@ -208,11 +208,11 @@ def test_clear_errors(parts):
     wrong = scalar_map(values[:, :3], scalar.block().samples)
     with pytest.raises(ValueError, match="16 properties"):
         block(systems, wrong, spherical)
-    slab = system_from_atoms(molecule())
-    cell = torch.diag(torch.tensor([10.0, 10.0, 0.0], dtype=torch.float64))
-    slab = System(slab.types, slab.positions, cell, torch.tensor([True, True, False]))
-    with pytest.raises(ValueError, match="fully periodic or non-periodic"):
-        block([slab], scalar, spherical)
+    wire = system_from_atoms(molecule())
+    cell = torch.diag(torch.tensor([10.0, 0.0, 0.0], dtype=torch.float64))
+    wire = System(wire.types, wire.positions, cell, torch.tensor([True, False, False]))
+    with pytest.raises(ValueError, match=r"three directions, two \(slabs\) or none"):
+        block([wire], scalar, spherical)
 
 
 # ---------------------------------------------------------------------------------------
