@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build a LAMMPS executable with `pair_style metatomic` (package ML-METATOMIC) for lorem_mta.
+# Build a LAMMPS executable with `pair_style metatomic` (package ML-METATOMIC) and
+# lorem_mta's `pair_style lorem` (lammps/LOREM) for lorem_mta.
 #
 # usage: bash scripts/build-lammps.sh [DIR]
 #
@@ -71,11 +72,24 @@ fi
 start=$(date +%s)
 PREFIX=$("$TORCH_PY" -c 'import torch, metatensor, metatensor.torch, metatomic.torch; print(";".join([torch.utils.cmake_prefix_path, metatensor.utils.cmake_prefix_path, metatensor.torch.utils.cmake_prefix_path, metatomic.torch.utils.cmake_prefix_path]))')
 
-# sources: the trimmed LAMMPS tree with ML-METATOMIC, the triclinic cell-shift fix
+# sources: the trimmed LAMMPS tree with ML-METATOMIC and the triclinic cell-shift fix,
+# unpacked again only when they changed (so that rebuilds are incremental)
 mkdir -p "$WORK"
-rm -rf "$WORK/lammps-mta"
-tar -xf "$TARBALL" -C "$WORK"
-patch -s -p1 -d "$WORK/lammps-mta" < "$PATCH"
+SOURCE_STAMP="$(sha256sum < "$TARBALL" | cut -c1-16) $(sha256sum < "$PATCH" | cut -c1-16)"
+if [ "$(cat "$WORK/lammps-mta/.lorem-source" 2> /dev/null)" != "$SOURCE_STAMP" ]; then
+    rm -rf "$WORK/lammps-mta"
+    tar -xf "$TARBALL" -C "$WORK"
+    patch -s -p1 -d "$WORK/lammps-mta" < "$PATCH"
+    echo "$SOURCE_STAMP" > "$WORK/lammps-mta/.lorem-source"
+fi
+# pair_style lorem (lammps/LOREM, GPL-2) is compiled as part of the ML-METATOMIC package;
+# files are copied only when they differ, so that unchanged ones are not recompiled
+PACKAGE=$WORK/lammps-mta/src/ML-METATOMIC
+if [ -d "$ROOT/lammps/LOREM" ]; then
+    for file in "$ROOT"/lammps/LOREM/*.cpp "$ROOT"/lammps/LOREM/*.h; do
+        if ! cmp -s "$file" "$PACKAGE/$(basename "$file")"; then cp "$file" "$PACKAGE/"; fi
+    done
+fi
 
 GENERATOR=()
 if command -v ninja > /dev/null; then GENERATOR=(-G Ninja); fi

@@ -10,7 +10,10 @@ exported float64 model:
 * a 200-step NVE run: the LAMMPS trajectory equals an ASE velocity-Verlet trajectory from
   the same velocities, and its energy drift is bounded;
 * a model without the long-range block on 1 and 2 MPI ranks; the long-range model is
-  refused on 2 ranks.
+  refused on 2 ranks;
+* ``pair_style lorem`` (``lammps/LOREM``, the stages of :py:mod:`lorem_mta.stages`) on 1, 2
+  and 4 ranks: the exact long-range energy, forces and virial, and the same NVE
+  trajectory on every rank count.
 
 The executable is ``$LOREM_LMP``, else ``${LOREM_LAMMPS_DIR:-~/.cache/lorem_mta/lammps}/lmp``.
 Without it the tests are skipped, unless ``LOREM_REQUIRE_LAMMPS=1`` (set by ``.ci/run``),
@@ -46,6 +49,9 @@ N_STEPS = 200
 TIMESTEP_PS = 0.0005
 #: bound on max |E_tot(t) - E_tot(0)| / N_atoms over the NVE run (eV/atom)
 DRIFT_BOUND = 1e-4
+
+#: input line that writes unwrapped positions and forces at the end of the run
+FINAL_DUMP = "write_dump all custom {} id xu yu zu fx fy fz modify sort id format float %.17g\n"
 
 #: run times of LAMMPS and of the references, for the report at the end of the module
 TIMINGS = {}
@@ -105,10 +111,16 @@ EXPORT = textwrap.dedent(
     from _helpers import make_model
 
     from lorem_mta.model import export
+    from lorem_mta.stages import export_stages
 
-    # long range (Ewald), and short range only with one message-passing step
-    export(make_model(max_degree_lr=2), sys.argv[2], torch.float64)
-    export(make_model(lr=False, num_message_passing=1), sys.argv[3], torch.float64)
+    # long range (Ewald), and short range only with one message-passing step; metatomic
+    # models for pair_style metatomic and ASE, stages for pair_style lorem
+    long_range = make_model(max_degree_lr=2)
+    short_range = make_model(lr=False, num_message_passing=1)
+    export(long_range, sys.argv[2], torch.float64)
+    export(short_range, sys.argv[3], torch.float64)
+    export_stages(long_range, sys.argv[4], torch.float64)
+    export_stages(short_range, sys.argv[5], torch.float64)
     assert "sphericart.torch" not in sys.modules  # the files list no extension
     """
 )
@@ -122,7 +134,12 @@ def models(tmp_path_factory):
     LAMMPS loads them without ``extensions``.
     """
     directory = tmp_path_factory.mktemp("lammps-models")
-    paths = {"lr": directory / "lr.pt", "sr": directory / "sr.pt"}
+    paths = {
+        "lr": directory / "lr.pt",
+        "sr": directory / "sr.pt",
+        "lr-stages": directory / "lr-stages.pt",
+        "sr-stages": directory / "sr-stages.pt",
+    }
     completed = subprocess.run(
         [sys.executable, "-c", EXPORT, str(Path(__file__).parent), *map(str, paths.values())],
         capture_output=True,
@@ -304,10 +321,7 @@ def test_lammps_nve_matches_ase(lmp, models, tmp_path):
     Stationary(atoms)
     directory = tmp_path / "lr-nve"
     final = directory / "final.dump"
-    extra = (
-        f"write_dump all custom {final} id xu yu zu fx fy fz "
-        "modify sort id format float %.17g\n"
-    )
+    extra = FINAL_DUMP.format(final)
     thermo, _, completed, log = _run_lammps(
         lmp,
         directory,
@@ -368,6 +382,70 @@ def test_lammps_refuses_long_range_on_two_ranks(lmp, mpirun, models, tmp_path):
     )
     assert completed.returncode != 0
     assert "interaction_range is infinite" in log + completed.stdout + completed.stderr
+
+
+@pytest.mark.parametrize(
+    ("model", "name", "n_ranks"),
+    [
+        ("lr", "cubic", 1),
+        ("lr", "cubic", 2),
+        ("lr", "cubic", 4),
+        ("lr", "triclinic", 1),
+        ("lr", "triclinic", 4),
+        ("sr", "triclinic", 2),
+    ],
+)
+def test_pair_lorem_ranks(lmp, mpirun, models, tmp_path, model, name, n_ranks):
+    """pair_style lorem on 1, 2 and 4 ranks: exact long range, as metatomic-ase."""
+    atoms = STRUCTURES[name]()
+    thermo, forces, completed, log = _run_lammps(
+        lmp,
+        tmp_path / f"lorem-{model}-{name}-{n_ranks}",
+        models[f"{model}-stages"],
+        atoms,
+        ranks=(mpirun, n_ranks),
+        variables={"PAIR": "lorem"},
+    )
+    assert completed.returncode == 0, log[-3000:] + completed.stderr[-3000:]
+    grid = {1: "1 by 1 by 1", 2: "2 by 1 by 1", 4: "2 by 2 by 1"}[n_ranks]
+    assert f"{grid} MPI processor grid" in log
+    # the reference is the metatomic model of the same network in ASE
+    _check_step0(thermo, forces, models[model], write_data.lammps_frame(atoms))
+
+
+def test_pair_lorem_nve_across_ranks(lmp, mpirun, models, tmp_path):
+    """NVE with pair_style lorem: the same trajectory on 1, 2 and 4 ranks."""
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+
+    atoms = write_data.lammps_frame(_cubic())
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(6))
+    Stationary(atoms)
+    results = {}
+    for n_ranks in (1, 2, 4):
+        directory = tmp_path / f"lorem-nve-{n_ranks}"
+        final = directory / "final.dump"
+        thermo, _, completed, log = _run_lammps(
+            lmp,
+            directory,
+            models["lr-stages"],
+            atoms,
+            ranks=(mpirun, n_ranks),
+            extra=FINAL_DUMP.format(final),
+            variables={"PAIR": "lorem", "STEPS": 100, "THERMO": 10},
+        )
+        assert completed.returncode == 0, log[-3000:] + completed.stderr[-3000:]
+        dump = _parse_dump(final)
+        results[n_ranks] = (thermo[-1], np.stack([dump["xu"], dump["yu"], dump["zu"]], axis=1))
+    reference, positions = results[1]
+    assert reference["Step"][-1] == 100
+    for n_ranks in (2, 4):
+        thermo, other = results[n_ranks]
+        assert relative_error(thermo["TotEng"], reference["TotEng"]) < 1e-10
+        assert relative_error(thermo["c_pvir[1]"], reference["c_pvir[1]"]) < 1e-10
+        assert np.abs(other - positions).max() < 1e-10
+    drift = np.abs(reference["TotEng"] - reference["TotEng"][0]).max() / len(atoms)
+    MEASURED["pair_style lorem NVE drift (eV/atom)"] = float(drift)
+    assert drift < DRIFT_BOUND
 
 
 def test_write_data_round_trip(tmp_path):
