@@ -111,9 +111,13 @@ nice -n 19 cmake --build "$WORK/build" -j "$JOBS" > "$WORK/build.log" 2>&1 \
 
 cp "$WORK/build/lmp" "$DIR/lmp.new"
 mv "$DIR/lmp.new" "$DIR/lmp"
+"$DIR/lmp" -h > "$WORK/lmp-help.txt"
+for style in metatomic lorem; do
+    if [ "$style" = lorem ] && [ ! -d "$ROOT/lammps/LOREM" ]; then continue; fi
+    if ! grep -qw "$style" "$WORK/lmp-help.txt"; then
+        echo "build-lammps: $DIR/lmp does not list pair style $style" >&2
+        exit 1
+    fi
+done
 echo "$WANTED" > "$DIR/build-info.txt"
-if ! "$DIR/lmp" -h | grep -q metatomic; then
-    echo "build-lammps: $DIR/lmp does not list pair style metatomic" >&2
-    exit 1
-fi
 echo "build-lammps: built $DIR/lmp (MPI=$MPI) in $(($(date +%s) - start)) s"
