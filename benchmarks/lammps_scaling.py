@@ -114,7 +114,7 @@ def _run(directory: Path, stages: Path, data: Path, n_ranks: int, steps: int) ->
         for name in ("Pair", "Comm", "Neigh")
     }
     timing = re.findall(
-        r"\((\d+) evaluations\): short-range forward ([\d.]+) s, long range and backward "
+        r"(\d+) evaluations\): short-range forward ([\d.]+) s, long range and backward "
         r"([\d.]+) s, of which MPI gather/reduce ([\d.]+) s",
         completed.stderr,
     )[-1]
