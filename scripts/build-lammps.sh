@@ -6,7 +6,7 @@
 #
 #   DIR  where DIR/lmp goes (default ${LOREM_LAMMPS_DIR:-$HOME/.cache/lorem_mta/lammps});
 #        sources and build tree go to DIR/work. The folder lives outside the clone, so
-#        that a machine builds LAMMPS once for all clones and CI runs.
+#        that a machine builds LAMMPS once (per TORCH_PY environment) for all CI runs.
 #
 # Environment:
 #   LAMMPS_SRC  folder with lammps-mta-src.tar.xz and triclinic-cell-shifts.patch

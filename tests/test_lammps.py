@@ -450,7 +450,7 @@ def test_pair_lorem_nve_across_ranks(lmp, mpirun, models, tmp_path):
         assert relative_error(thermo["c_pvir[1]"], reference["c_pvir[1]"]) < 1e-10
         assert np.abs(other - positions).max() < 1e-10
     drift = np.abs(reference["TotEng"] - reference["TotEng"][0]).max() / len(atoms)
-    MEASURED["pair_style lorem NVE drift (eV/atom)"] = float(drift)
+    MEASURED["lammps pair_style lorem NVE drift (eV/atom)"] = float(drift)
     assert drift < DRIFT_BOUND
 
 

@@ -20,8 +20,8 @@
    4. backward: the gradient of the rank's energy with respect to the
       potentials of its atoms is propagated through the potential stage to the
       charges and positions of all atoms; these gradients are summed over the
-      ranks; each rank then propagates the gradient of its own atoms' charges
-      through its short-range stage. Ghost forces go back to their owners with
+      ranks; each rank then propagates its energy and the summed gradient of its
+      own atoms' charges through its short-range stage (one backward pass). Ghost forces go back to their owners with
       LAMMPS' reverse communication (newton on).
    Virial: sum over local and ghost atoms of x (x) f for the short-range
    stage (whose energy depends on relative positions only), plus
@@ -335,10 +335,10 @@ void PairLorem::compute(int eflag, int vflag)
       atom_energies = atom_energies + long_range_energies;
       auto total = atom_energies.sum();
 
-      // gradients of this rank's energy: positions (short range and mixing), own potentials
-      auto first = torch::autograd::grad({total}, {positions, potentials_leaf}, {}, true, false, true);
-      position_gradient = or_zeros(first[0], positions);
-      auto potential_gradient = or_zeros(first[1], potentials_leaf);
+      // gradient of this rank's energy with respect to its atoms' potentials (through the
+      // mixing stage only; the graph is kept for the short-range backward below)
+      auto first = torch::autograd::grad({total}, {potentials_leaf}, {}, true, false, true);
+      auto potential_gradient = or_zeros(first[0], potentials_leaf);
 
       // through the potential stage to the charges, positions and cell of all atoms
       auto second = torch::autograd::grad({own_potentials}, {all_charges, all_positions, cell},
@@ -368,12 +368,15 @@ void PairLorem::compute(int eflag, int vflag)
                                      .index_select(0, own_index)
                                      .to(dtype);
 
-      // through the short-range stage, from the charges of this rank's atoms
+      // one backward through the short-range stage, from this rank's energy and from the
+      // summed gradients of its atoms' charges
+      std::vector<torch::Tensor> roots = {total};
+      std::vector<torch::Tensor> seeds = {torch::ones_like(total)};
       if (charges.requires_grad()) {
-        auto third = torch::autograd::grad({charges.index({own})}, {positions},
-                                           {own_charge_gradient}, false, false, true);
-        if (third[0].defined()) position_gradient = position_gradient + third[0];
+        roots.push_back(charges.index({own}));
+        seeds.push_back(own_charge_gradient);
       }
+      position_gradient = torch::autograd::grad(roots, {positions}, seeds, false, false, true)[0];
     } catch (const std::exception &e) {
       error->one(FLERR, "pair_style lorem: error in the long-range stages: {}", e.what());
     }
