@@ -56,6 +56,9 @@ class LoremStages(torch.nn.Module):
         self.interaction_range = (len(backbone.steps) + 1) * self.cutoff
         self.has_long_range = backbone.long_range is not None
         self.num_charge_channels = int(backbone.num_charge_channels)
+        # backbones with neutral latent charges remove the mean of every channel over the
+        # structure: a sum over all atoms, so it belongs to the potential stage
+        self.neutral_charges = bool(getattr(backbone, "neutral_charges", False))
         self.dtype_name = "float64"
 
     @torch.jit.export
@@ -114,7 +117,11 @@ class LoremStages(torch.nn.Module):
     ) -> torch.Tensor:
         """Long-range stage: Coulomb potentials of all atoms of a periodic structure.
 
-        :param charges: charges of all atoms, tensor of shape ``(n_atoms, n_channels)``
+        For backbones with neutral latent charges, the mean of every channel over the
+        structure is removed here first (it needs all atoms), as in the backbone.
+
+        :param charges: charges of all atoms from :py:meth:`short_range`, tensor of shape
+            ``(n_atoms, n_channels)``
         :param positions: tensor of shape ``(n_atoms, 3)``
         :param cell: tensor of shape ``(3, 3)``, rows are lattice vectors
         :param centers: index ``i`` of every periodic pair within the cutoff (full list)
@@ -126,6 +133,8 @@ class LoremStages(torch.nn.Module):
         long_range = self.backbone.long_range
         if long_range is None:
             raise ValueError("this model has no long-range block")
+        if self.neutral_charges:
+            charges = long_range.equilibrate(charges, None, [0, positions.shape[0]], None)
         vectors = positions[neighbors] - positions[centers] + cell_shifts.to(cell.dtype) @ cell
         distances = torch.linalg.norm(vectors, dim=-1)
         return long_range.potentials(
