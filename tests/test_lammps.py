@@ -420,11 +420,17 @@ def test_pair_lorem_ranks(lmp, mpirun, models, tmp_path, model, name, n_ranks):
 
 
 def test_pair_lorem_nve_across_ranks(lmp, mpirun, models, tmp_path):
-    """NVE with pair_style lorem: the same trajectory on 1, 2 and 4 ranks."""
+    """NVE with pair_style lorem: the same trajectory on 1, 2 and 4 ranks.
+
+    The neighbour lists are rebuilt every step (``CHECK no``), so atoms that cross a
+    domain boundary change rank and periodic images change cell shifts during the run;
+    the test checks that some atoms crossed the periodic boundary along the axis split
+    between the ranks.
+    """
     from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
     atoms = write_data.lammps_frame(_cubic())
-    thermalize_momenta(atoms, temperature_K=300, rng=np.random.default_rng(6))
+    thermalize_momenta(atoms, temperature_K=600, rng=np.random.default_rng(6))
     Stationary(atoms)
     results = {}
     for n_ranks in (1, 2, 4):
@@ -437,13 +443,17 @@ def test_pair_lorem_nve_across_ranks(lmp, mpirun, models, tmp_path):
             atoms,
             ranks=(mpirun, n_ranks),
             extra=FINAL_DUMP.format(final),
-            variables={"PAIR": "lorem", "STEPS": N_STEPS_RANKS, "THERMO": 10},
+            variables={"PAIR": "lorem", "STEPS": N_STEPS_RANKS, "THERMO": 10, "CHECK": "no"},
         )
         assert completed.returncode == 0, log[-3000:] + completed.stderr[-3000:]
+        assert re.search(rf"Neighbor list builds = {N_STEPS_RANKS}\b", log)
         dump = _parse_dump(final)
         results[n_ranks] = (thermo[-1], np.stack([dump["xu"], dump["yu"], dump["zu"]], axis=1))
     reference, positions = results[1]
     assert reference["Step"][-1] == N_STEPS_RANKS
+    # atoms crossed the periodic boundary along z, which the 2 ranks split (1 by 1 by 2)
+    height = atoms.cell.array[2, 2]
+    assert ((positions[:, 2] < 0) | (positions[:, 2] >= height)).sum() > 0
     for n_ranks in (2, 4):
         thermo, other = results[n_ranks]
         assert relative_error(thermo["TotEng"], reference["TotEng"]) < 1e-10
