@@ -1,0 +1,189 @@
+"""LAMMPS benchmark: ``pair_style lorem`` (exact long range) on 1 and 2 MPI ranks.
+
+Writes rattled NaCl supercells (``--sizes 8,16``: 8^3 and 16^3 cubic cells, 4 096 and
+32 768 atoms), exports the stages of a LOREM model with PME (``--model paper``: paper
+hyperparameters, ``small``: the test-sized network), runs
+``examples/lammps/in.lorem`` with ``-var PAIR lorem`` for a few NVE steps on each rank
+count and reports the time per step, the share of the pair style's MPI
+gathers/reductions and of LAMMPS' own communication, the strong-scaling efficiency
+``t_1 / (n t_n)`` and the peak memory per rank (``/usr/bin/time``). Not a test: it needs
+the ``lmp`` of ``scripts/build-lammps.sh`` built with MPI.
+
+Usage::
+
+    python benchmarks/lammps_scaling.py --sizes 8,16 --ranks 1,2 --steps 5 --model paper
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples" / "lammps"))
+
+from write_data import nacl_supercell, write_data  # noqa: E402
+
+from lorem_mta.model import LoremModel  # noqa: E402
+from lorem_mta.modules import LoremBackbone  # noqa: E402
+from lorem_mta.stages import export_stages  # noqa: E402
+
+MODELS = {
+    "paper": {},
+    "small": {
+        "max_degree": 3,
+        "num_features": 16,
+        "num_spherical_features": 4,
+        "num_radial": 8,
+    },
+}
+
+
+def _lmp() -> str:
+    if "LOREM_LMP" in os.environ:
+        return os.environ["LOREM_LMP"]
+    default = Path.home() / ".cache" / "lorem_mta" / "lammps"
+    return str(Path(os.environ.get("LOREM_LAMMPS_DIR", default)) / "lmp")
+
+
+def _run(directory: Path, stages: Path, data: Path, n_ranks: int, steps: int) -> dict:
+    time_command = shutil.which("time") or "/usr/bin/time"
+    command = [
+        "mpirun",
+        "--oversubscribe",
+        "-np",
+        str(n_ranks),
+        time_command,
+        "-f",
+        "maxrss_kb %M",
+        _lmp(),
+        "-in",
+        str(ROOT / "examples" / "lammps" / "in.lorem"),
+        "-log",
+        str(directory / "log.lammps"),
+        "-screen",
+        "none",
+        "-var",
+        "PAIR",
+        "lorem",
+        "-var",
+        "MODEL",
+        str(stages),
+        "-var",
+        "DATA",
+        str(data),
+        "-var",
+        "DUMP",
+        str(directory / "forces.dump"),
+        "-var",
+        "TYPES",
+        "11 17",
+        "-var",
+        "STEPS",
+        str(steps),
+        "-var",
+        "TEMP",
+        "300",
+        "-var",
+        "THERMO",
+        str(steps),
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        "LOREM_LAMMPS_TIMING": "1",
+        "OMPI_ALLOW_RUN_AS_ROOT": "1",
+        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+    }
+    completed = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    log = (directory / "log.lammps").read_text()
+    if completed.returncode != 0:
+        raise RuntimeError(log[-2000:] + completed.stderr[-2000:])
+    # the last "Loop time" is the NVE run (the first one is step 0)
+    loop = re.findall(r"Loop time of ([\d.eE+-]+) on \d+ procs for (\d+) steps", log)[-1]
+    breakdown = log.split("MPI task timing breakdown")[-1]
+    shares = {
+        name: float(re.search(rf"^{name}\s*\|.*\|\s*([\d.]+)\s*$", breakdown, re.M).group(1))
+        for name in ("Pair", "Comm", "Neigh")
+    }
+    timing = re.findall(
+        r"(\d+) evaluations\): short-range forward ([\d.]+) s, long range and backward "
+        r"([\d.]+) s, of which MPI gather/reduce ([\d.]+) s",
+        completed.stderr,
+    )[-1]
+    evaluations = int(timing[0])
+    pair_total = float(timing[1]) + float(timing[2])
+    return {
+        "ranks": n_ranks,
+        "seconds_per_step": float(loop[0]) / int(loop[1]),
+        "pair_percent": shares["Pair"],
+        "lammps_comm_percent": shares["Comm"],
+        "pair_mpi_percent_of_pair": 100.0 * float(timing[3]) / pair_total,
+        "short_range_forward_percent_of_pair": 100.0 * float(timing[1]) / pair_total,
+        "evaluations": evaluations,
+        "max_rss_mb_per_rank": [
+            int(kb) / 1024 for kb in re.findall(r"maxrss_kb (\d+)", completed.stderr)
+        ],
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--sizes", default="8,16", help="NaCl supercell repeats (8 = 4096 atoms)"
+    )
+    parser.add_argument("--ranks", default="1,2")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--model", choices=sorted(MODELS), default="paper")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--output", help="JSON file for the results")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    backbone = LoremBackbone(cutoff=5.0, long_range_method="pme", **MODELS[args.model])
+    model = LoremModel(backbone, atomic_types=[11, 17])
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        stages = tmp / "stages.pt"
+        export_stages(model, str(stages), getattr(torch, args.dtype))
+        for size in [int(s) for s in args.sizes.split(",")]:
+            data = tmp / f"nacl-{size}.data"
+            atoms = nacl_supercell(size, rattle=0.05, seed=size)
+            write_data(atoms, str(data), [11, 17])
+            for n_ranks in [int(r) for r in args.ranks.split(",")]:
+                directory = tmp / f"{size}-{n_ranks}"
+                directory.mkdir()
+                result = {
+                    "atoms": len(atoms),
+                    **_run(directory, stages, data, n_ranks, args.steps),
+                }
+                results.append(result)
+                print(json.dumps(result), flush=True)
+    for result in results:
+        one_rank = [r for r in results if r["atoms"] == result["atoms"] and r["ranks"] == 1]
+        if one_rank:
+            t1 = one_rank[0]["seconds_per_step"]
+            result["strong_scaling_efficiency"] = t1 / (
+                result["ranks"] * result["seconds_per_step"]
+            )
+    print(f"{'atoms':>7} {'ranks':>5} {'s/step':>9} {'eff.':>5} {'MPI %':>6} {'MB/rank':>8}")
+    for r in results:
+        print(
+            f"{r['atoms']:>7} {r['ranks']:>5} {r['seconds_per_step']:>9.3f} "
+            f"{r.get('strong_scaling_efficiency', float('nan')):>5.2f} "
+            f"{r['pair_mpi_percent_of_pair']:>6.1f} {max(r['max_rss_mb_per_rank']):>8.0f}"
+        )
+    if args.output:
+        Path(args.output).write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+r"""LOREM split into stages for domain decomposition (LAMMPS ``pair_style lorem``).
+
+A metatomic engine calls one ``forward``, which needs every atom of a periodic structure
+for the long-range sum. Split into three TorchScript methods, the same network runs
+with its atoms spread over MPI ranks and still gives the exact long-range energy:
+
+1. :py:meth:`LoremStages.short_range`, on every rank: species embedding, initial step
+   and message passing for the rank's atoms and its ghosts (a shell of
+   ``(num_message_passing + 1) * cutoff``), returning the short-range atomic energies,
+   the node features and the latent charges;
+2. :py:meth:`LoremStages.potentials`, on the charges and positions of **all** atoms
+   (gathered over the ranks) with the periodic pairs within the cutoff given as atom
+   indices and cell shifts: the Coulomb potentials of every charge channel;
+3. :py:meth:`LoremStages.long_range_energies`, on every rank for its own atoms: the
+   potentials mixed back into the features and the long-range energy readout.
+
+The stages call the modules of :py:class:`~lorem_mta.modules.LoremBackbone` (the same
+parameters, the same code as the metatomic model); :py:meth:`LoremStages.forward`
+composes them for one periodic structure, and ``tests/test_lammps_stages.py`` checks that
+it equals :py:class:`~lorem_mta.model.LoremModel`. Forces and virials come from autograd
+through the three stages; the engine adds the long-range gradients of the charges and
+positions over the ranks before the backward pass of the short-range stage (see
+``docs/engines-lammps.rst``).
+
+Models with Born effective charges or a total-charge input are not supported here.
+"""
+
+from typing import List, Tuple
+
+import torch
+
+from .model import LoremModel
+from .modules.radial import cosine_cutoff
+
+
+class LoremStages(torch.nn.Module):
+    """The stages of a :py:class:`~lorem_mta.model.LoremModel` (shares its modules).
+
+    :param model: the model (periodic structures, no ``bec``, no ``total_charge``)
+    """
+
+    def __init__(self, model: LoremModel):
+        super().__init__()
+        backbone = model.backbone
+        if backbone.bec or backbone.total_charge:
+            raise ValueError(
+                "models with Born effective charges or a total-charge input can not be "
+                "split into stages"
+            )
+        self.backbone = backbone
+        self.register_buffer("atomic_baseline", model.atomic_baseline.clone())
+        self.register_buffer("known_types", model.known_types.clone())
+        self.atomic_types: List[int] = list(model.atomic_types)
+        self.cutoff = float(model.cutoff)
+        #: ghost shell that makes the features of a rank's own atoms exact
+        self.interaction_range = (len(backbone.steps) + 1) * self.cutoff
+        self.has_long_range = backbone.long_range is not None
+        self.num_charge_channels = int(backbone.num_charge_channels)
+        # backbones with neutral latent charges remove the mean of every channel over the
+        # structure: a sum over all atoms, so it belongs to the potential stage
+        self.neutral_charges = bool(getattr(backbone, "neutral_charges", False))
+        self.dtype_name = "float64"
+
+    @torch.jit.export
+    def short_range(
+        self,
+        atomic_numbers: torch.Tensor,
+        centers: torch.Tensor,
+        neighbors: torch.Tensor,
+        edge_vectors: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Short-range stage: energies, features and charges of every atom.
+
+        :param atomic_numbers: tensor of shape ``(n_atoms,)``
+        :param centers: index ``i`` of every pair (full list, pairs within the cutoff)
+        :param neighbors: index ``j`` of every pair
+        :param edge_vectors: ``r_j - r_i``, tensor of shape ``(n_pairs, 3)``
+        :return: short-range atomic energies (atomic baseline included) ``(n_atoms,)``,
+            scalar features ``(n_atoms, d)``, spherical features
+            ``(n_atoms, (L + 1)^2, s)`` and charges ``(n_atoms, n_channels)`` (empty
+            without the long-range block)
+        """
+        self._check_types(atomic_numbers)
+        backbone = self.backbone
+        dtype = edge_vectors.dtype
+        # -- as LoremBackbone.forward, up to the charges --
+        species, species_index = torch.unique(atomic_numbers, return_inverse=True)
+        species_embedding = backbone.embedding(species)
+        distances = torch.linalg.norm(edge_vectors, dim=-1)
+        radial = backbone.radial_basis(distances) * cosine_cutoff(
+            distances, backbone.cutoff
+        ).unsqueeze(-1)
+        harmonics = backbone.spherical_harmonics(edge_vectors)
+        nodes_scalar, nodes_spherical, energies = backbone.initial(
+            species_embedding, species_index, centers, neighbors, radial, harmonics
+        )
+        for step in backbone.steps:
+            nodes_scalar, nodes_spherical, step_energies = step(
+                nodes_scalar, nodes_spherical, centers, neighbors, radial, harmonics
+            )
+            energies = energies + step_energies
+        energies = energies + self.atomic_baseline.to(dtype)[atomic_numbers]
+        charges = torch.zeros((atomic_numbers.shape[0], 0), dtype=dtype)
+        if backbone.long_range is not None:
+            charges = backbone.long_range.charges(nodes_scalar, nodes_spherical)
+        return energies, nodes_scalar, nodes_spherical, charges
+
+    @torch.jit.export
+    def potentials(
+        self,
+        charges: torch.Tensor,
+        positions: torch.Tensor,
+        cell: torch.Tensor,
+        centers: torch.Tensor,
+        neighbors: torch.Tensor,
+        cell_shifts: torch.Tensor,
+    ) -> torch.Tensor:
+        """Long-range stage: Coulomb potentials of all atoms of a periodic structure.
+
+        For backbones with neutral latent charges, the mean of every channel over the
+        structure is removed here first (it needs all atoms), as in the backbone.
+
+        :param charges: charges of all atoms from :py:meth:`short_range`, tensor of shape
+            ``(n_atoms, n_channels)``
+        :param positions: tensor of shape ``(n_atoms, 3)``
+        :param cell: tensor of shape ``(3, 3)``, rows are lattice vectors
+        :param centers: index ``i`` of every periodic pair within the cutoff (full list)
+        :param neighbors: index ``j`` of every pair
+        :param cell_shifts: integer cell shifts ``S`` of every pair, shape ``(n_pairs, 3)``:
+            the pair vector is ``r_j - r_i + S h``
+        :return: tensor of shape ``(n_atoms, n_channels)``
+        """
+        long_range = self.backbone.long_range
+        if long_range is None:
+            raise ValueError("this model has no long-range block")
+        if self.neutral_charges:
+            charges = long_range.equilibrate(charges, None, [0, positions.shape[0]], None)
+        vectors = positions[neighbors] - positions[centers] + cell_shifts.to(cell.dtype) @ cell
+        distances = torch.linalg.norm(vectors, dim=-1)
+        return long_range.potentials(
+            charges,
+            positions,
+            centers,
+            neighbors,
+            distances,
+            [0, positions.shape[0]],
+            [0, centers.shape[0]],
+            cell.unsqueeze(0),
+            [True],
+            None,
+        )
+
+    @torch.jit.export
+    def long_range_energies(
+        self,
+        nodes_scalar: torch.Tensor,
+        nodes_spherical: torch.Tensor,
+        potentials: torch.Tensor,
+    ) -> torch.Tensor:
+        """Mixing stage: long-range atomic energies from features and potentials.
+
+        :param nodes_scalar: tensor of shape ``(n_atoms, d)``
+        :param nodes_spherical: tensor of shape ``(n_atoms, (L + 1)^2, s)``
+        :param potentials: tensor of shape ``(n_atoms, n_channels)``
+        :return: tensor of shape ``(n_atoms,)``
+        """
+        long_range = self.backbone.long_range
+        readout = self.backbone.long_range_readout
+        if long_range is None or readout is None:
+            raise ValueError("this model has no long-range block")
+        nodes_scalar, _ = long_range.mix_with_updates(nodes_scalar, nodes_spherical, potentials)
+        return readout(nodes_scalar)[:, 0]
+
+    def forward(
+        self,
+        atomic_numbers: torch.Tensor,
+        positions: torch.Tensor,
+        cell: torch.Tensor,
+        centers: torch.Tensor,
+        neighbors: torch.Tensor,
+        cell_shifts: torch.Tensor,
+    ) -> torch.Tensor:
+        """Atomic energies of one periodic structure, composed from the stages.
+
+        :param atomic_numbers: tensor of shape ``(n_atoms,)``
+        :param positions: tensor of shape ``(n_atoms, 3)``
+        :param cell: tensor of shape ``(3, 3)``
+        :param centers: index ``i`` of every periodic pair within the cutoff
+        :param neighbors: index ``j`` of every pair
+        :param cell_shifts: cell shifts of every pair, shape ``(n_pairs, 3)``
+        :return: atomic energies, shape ``(n_atoms,)``
+        """
+        vectors = positions[neighbors] - positions[centers] + cell_shifts.to(cell.dtype) @ cell
+        energies, scalar, spherical, charges = self.short_range(
+            atomic_numbers, centers, neighbors, vectors
+        )
+        if not self.has_long_range:
+            return energies
+        potentials = self.potentials(charges, positions, cell, centers, neighbors, cell_shifts)
+        return energies + self.long_range_energies(scalar, spherical, potentials)
+
+    def _check_types(self, atomic_numbers: torch.Tensor) -> None:
+        if atomic_numbers.shape[0] == 0:
+            return
+        known = self.known_types[atomic_numbers.clamp(0, 99)]
+        if bool((atomic_numbers < 0).any()) or bool((atomic_numbers > 99).any()):
+            known = known & False
+        if not bool(known.all()):
+            given: List[int] = torch.unique(atomic_numbers).tolist()
+            raise ValueError(
+                "this model only knows atomic types "
+                + str(self.atomic_types)
+                + ", got "
+                + str(given)
+            )
+
+
+def export_stages(model: LoremModel, path: str, dtype: torch.dtype = torch.float64) -> None:
+    """Save the stages of ``model`` as TorchScript for ``pair_style lorem``.
+
+    The file is not a metatomic model: only ``pair_style lorem`` (``lammps/`` in the
+    repository) reads it. Export the metatomic model with
+    :py:func:`~lorem_mta.model.export` for every other engine.
+
+    :param model: the model
+    :param path: output file, e.g. ``model-stages.pt``
+    :param dtype: ``torch.float64`` or ``torch.float32``
+    """
+    import copy
+
+    from .files import write_atomically
+
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    stages = LoremStages(copy.deepcopy(model).to(dtype).eval()).eval()
+    stages.dtype_name = "float64" if dtype == torch.float64 else "float32"
+    for parameter in stages.parameters():
+        parameter.requires_grad_(False)
+    scripted = torch.jit.script(stages)
+    write_atomically(path, lambda temporary: scripted.save(temporary))
