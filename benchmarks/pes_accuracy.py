@@ -111,8 +111,8 @@ def evaluate(model_pt: Path, frames: list) -> dict:
     calculator = MetatomicCalculator(str(model_pt))
     e_err, f_err, centre_err = [], [], []
     for atoms in frames:
-        atoms = atoms.copy()
         energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        atoms = atoms.copy()
         atoms.calc = calculator
         e_err.append((atoms.get_potential_energy() - energy) / len(atoms))
         predicted = atoms.get_forces()
