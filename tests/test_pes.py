@@ -280,6 +280,94 @@ def test_molecule_in_a_box_converges_like_a_dipole():
     assert np.all(errors[1:] < reference[1:] / 10)
 
 
+def _train_cumulene(checkpoint_dir, **form):
+    """A small model trained for 20 epochs on the 21 distorted cumulenes of
+    ``examples/train`` (energies and forces)."""
+    from metatrain.utils.architectures import get_default_hypers
+    from metatrain.utils.data import DatasetInfo, get_atomic_types, get_dataset
+
+    from lorem_mta.architecture import LoremMta, Trainer
+
+    path = str(Path(__file__).parents[1] / "examples" / "train" / "cumulene.xyz")
+    energy = {
+        "quantity": "energy",
+        "read_from": path,
+        "reader": "ase",
+        "key": "energy",
+        "unit": "eV",
+        "type": "scalar",
+        "sample_kind": "system",
+        "num_subtargets": 1,
+        "forces": {"read_from": path, "reader": "ase", "key": "forces"},
+        "stress": False,
+        "virial": False,
+    }
+    options = {"systems": {"read_from": path, "reader": "ase"}, "targets": {"energy": energy}}
+    dataset, targets, _ = get_dataset(options)
+    info = DatasetInfo(
+        length_unit="angstrom", atomic_types=get_atomic_types(dataset), targets=targets
+    )
+    hypers = copy.deepcopy(get_default_hypers("experimental.lorem_mta"))
+    hypers["model"].update(
+        max_degree=2, num_features=16, num_spherical_features=2, num_radial=8, **form
+    )
+    hypers["training"].update(
+        batch_size=4,
+        num_epochs=20,
+        log_interval=20,
+        checkpoint_interval=1000,
+        learning_rate=5e-3,
+        decay_start_epoch=10,
+        num_workers=0,
+    )
+    torch.manual_seed(0)
+    model = LoremMta(hypers["model"], info)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    Trainer(hypers["training"]).train(
+        model, torch.float64, [torch.device("cpu")], [dataset], [dataset], str(checkpoint_dir)
+    )
+    return model.eval()
+
+
+def test_trained_molecule_in_a_box(tmp_path):
+    """The same for models trained on the cumulene data (new and lorem-jax form)."""
+    from metatomic.torch import ModelOutput as Output
+
+    from lorem_mta.utils import attach_neighbors as attach
+
+    def energy(model, atoms):
+        system = system_from_atoms(atoms)
+        attach(model, [system])
+        with torch.no_grad():
+            result = model([system], {"energy": Output(sample_kind="system")})
+        return float(result["energy"].block().values[0, 0])
+
+    molecule = ase.io.read(RESOURCES / "cumulene_planar.xyz")
+    sizes = np.array([20.0, 30.0, 40.0, 60.0])
+    errors = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name, form in {"new": {}, "reference": REFERENCE_FORM}.items():
+            model = _train_cumulene(tmp_path / name, **form)
+            isolated = energy(model, molecule)
+            values = []
+            for size in sizes:
+                boxed = molecule.copy()
+                boxed.cell = [size] * 3
+                boxed.pbc = True
+                boxed.center()
+                values.append(abs(energy(model, boxed) - isolated))
+            errors[name] = np.array(values)
+    finally:
+        torch.set_num_threads(threads)
+    print("trained cumulene models, |E(L) - E(isolated)| (eV):", errors)
+    scaled = errors["new"] * sizes**3
+    assert np.all(scaled[1:] <= 1.1 * scaled[:-1])
+    assert errors["reference"][0] / errors["reference"][2] < 3.0
+    assert np.all(errors["new"][1:] < errors["reference"][1:] / 10)
+
+
 def test_total_charge_with_neutral_channels():
     """With ``total_charge`` the scalar charges add up to the given charge and every
     other channel to zero."""
