@@ -227,3 +227,20 @@ def assert_safe_for_finite_differences(atoms: ase.Atoms, margin: float = 1e-3) -
     if atoms.pbc.all():
         ratios = np.linalg.norm(atoms.cell.array, axis=1) / LR_WAVELENGTH
         assert np.abs(ratios - np.round(ratios)).min() > margin
+
+
+def energy_target(path: str) -> dict:
+    """metatrain target options: energies and forces of an ASE-readable file, in eV."""
+    return {
+        "quantity": "energy",
+        "read_from": path,
+        "reader": "ase",
+        "key": "energy",
+        "unit": "eV",
+        "type": "scalar",
+        "sample_kind": "system",
+        "num_subtargets": 1,
+        "forces": {"read_from": path, "reader": "ase", "key": "forces"},
+        "stress": False,
+        "virial": False,
+    }

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import energy_target
 from metatomic.torch import ModelOutput
 from metatrain.utils.architectures import get_default_hypers
 from metatrain.utils.data.readers import read_systems
@@ -50,21 +51,7 @@ class LoremMtaTests(ArchitectureTests):
 
     @pytest.fixture
     def dataset_targets(self, dataset_path):
-        return {
-            "energy": {
-                "quantity": "energy",
-                "read_from": dataset_path,
-                "reader": "ase",
-                "key": "energy",
-                "unit": "eV",
-                "type": "scalar",
-                "sample_kind": "system",
-                "num_subtargets": 1,
-                "forces": {"read_from": dataset_path, "reader": "ase", "key": "forces"},
-                "stress": False,
-                "virial": False,
-            }
-        }
+        return {"energy": energy_target(dataset_path)}
 
     @pytest.fixture
     def minimal_model_hypers(self):

@@ -28,7 +28,7 @@ import ase.io
 import numpy as np
 import pytest
 import torch
-from _helpers import make_model, random_rotation
+from _helpers import energy_target, make_model, random_rotation
 from ase import units
 from ase.md.verlet import VelocityVerlet
 from metatomic.torch import ModelOutput
@@ -253,15 +253,16 @@ def _water_dimer():
     return water + other
 
 
-def _box_errors(model, molecule, sizes):
-    isolated = _energy(model, molecule)
+def _box_errors(model, molecule, sizes, energy=_energy):
+    """``|E(cubic box of size L) - E(pbc=False)|`` for every ``L`` in ``sizes``."""
+    isolated = energy(model, molecule)
     errors = []
     for size in sizes:
         boxed = molecule.copy()
         boxed.cell = [size] * 3
         boxed.pbc = True
         boxed.center()
-        errors.append(abs(_energy(model, boxed) - isolated))
+        errors.append(abs(energy(model, boxed) - isolated))
     return np.array(errors)
 
 
@@ -289,20 +290,10 @@ def _train_cumulene(checkpoint_dir, **form):
     from lorem_mta.architecture import LoremMta, Trainer
 
     path = str(Path(__file__).parents[1] / "examples" / "train" / "cumulene.xyz")
-    energy = {
-        "quantity": "energy",
-        "read_from": path,
-        "reader": "ase",
-        "key": "energy",
-        "unit": "eV",
-        "type": "scalar",
-        "sample_kind": "system",
-        "num_subtargets": 1,
-        "forces": {"read_from": path, "reader": "ase", "key": "forces"},
-        "stress": False,
-        "virial": False,
+    options = {
+        "systems": {"read_from": path, "reader": "ase"},
+        "targets": {"energy": energy_target(path)},
     }
-    options = {"systems": {"read_from": path, "reader": "ase"}, "targets": {"energy": energy}}
     dataset, targets, _ = get_dataset(options)
     info = DatasetInfo(
         length_unit="angstrom", atomic_types=get_atomic_types(dataset), targets=targets
@@ -350,15 +341,7 @@ def test_trained_molecule_in_a_box(tmp_path):
     try:
         for name, form in {"new": {}, "reference": REFERENCE_FORM}.items():
             model = _train_cumulene(tmp_path / name, **form)
-            isolated = energy(model, molecule)
-            values = []
-            for size in sizes:
-                boxed = molecule.copy()
-                boxed.cell = [size] * 3
-                boxed.pbc = True
-                boxed.center()
-                values.append(abs(energy(model, boxed) - isolated))
-            errors[name] = np.array(values)
+            errors[name] = _box_errors(model, molecule, sizes, energy)
     finally:
         torch.set_num_threads(threads)
     print("trained cumulene models, |E(L) - E(isolated)| (eV):", errors)

@@ -21,7 +21,7 @@ import ase.io
 import numpy as np
 import pytest
 import torch
-from _helpers import make_model, nacl_cell, random_rotation, transform
+from _helpers import energy_target, make_model, nacl_cell, random_rotation, transform
 from metatensor.torch import Labels, TensorBlock, TensorMap
 from metatomic.torch import ModelEvaluationOptions, ModelOutput
 
@@ -495,19 +495,7 @@ def train_ag3(total_charge: bool, checkpoint_dir: str, epochs: int = 100, lr: fl
     from lorem_mta.architecture import LoremMta, Trainer
 
     path = str(AG3)
-    energy = {
-        "quantity": "energy",
-        "read_from": path,
-        "reader": "ase",
-        "key": "energy",
-        "unit": "eV",
-        "type": "scalar",
-        "sample_kind": "system",
-        "num_subtargets": 1,
-        "forces": {"read_from": path, "reader": "ase", "key": "forces"},
-        "stress": False,
-        "virial": False,
-    }
+    energy = energy_target(path)
     charge = {
         "quantity": "",
         "read_from": path,
