@@ -541,14 +541,28 @@ def test_slab_forces_and_stress_are_derivatives():
         assert virial[a, b] == pytest.approx((values[0] - values[1]) / (2 * h), abs=1e-7)
 
 
-def test_slab_without_neutral_channels_is_still_vacuum_independent():
-    """Converted models on slabs: the internal cell does not depend on the user's."""
-    model = make_model(max_degree=1, **REFERENCE_FORM)
+def test_slabs_with_a_net_charge_are_refused():
+    """Models with raw (non-neutral) charges and charged slabs: a clear error, since a
+    net charge in a slab interacts with a background whose energy depends on the vacuum."""
     slab = _slab()
-    energy = _energy(model, slab)
-    more = slab.copy()
-    more.cell[2, 2] += 30.0
-    assert _energy(model, more) == pytest.approx(energy, abs=1e-12)
+    with pytest.raises(ValueError, match=r"slab .*needs a model with neutral latent"):
+        predict(make_model(max_degree=1, **REFERENCE_FORM), [slab])
+    # the same model without the long-range block has no charges: fine
+    assert np.isfinite(_energy(make_model(max_degree=1, lr=False, **REFERENCE_FORM), slab))
+
+    from test_total_charge import charge_map
+
+    model = make_model(max_degree=1, total_charge=True)
+    system = system_from_atoms(slab)
+    system.add_data("charge", charge_map(1.0))
+    attach_neighbors(model, [system])
+    with pytest.raises(ValueError, match=r"slab with a non-zero total charge \(1.0 e\)"):
+        model([system], {"energy": ModelOutput(sample_kind="system")})
+    neutral = system_from_atoms(slab)
+    neutral.add_data("charge", charge_map(0.0))
+    attach_neighbors(model, [neutral])
+    result = model([neutral], {"energy": ModelOutput(sample_kind="system")})
+    assert torch.isfinite(result["energy"].block().values).all()
 
 
 @pytest.mark.skipif(not (SHARED / "au2_mgo_optimized").exists(), reason="needs ../shared")

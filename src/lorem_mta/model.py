@@ -89,6 +89,7 @@ class LoremModel(torch.nn.Module):
         self.cutoff = float(backbone.cutoff)
         self.has_long_range = backbone.long_range is not None
         self.total_charge = bool(backbone.total_charge)
+        self.neutral_charges = bool(backbone.neutral_charges)
         baseline = torch.zeros(100, dtype=torch.float64)
         for atomic_type, energy in (atomic_baseline or {}).items():
             baseline[int(atomic_type)] = float(energy)
@@ -237,6 +238,8 @@ class LoremModel(torch.nn.Module):
         total_charges: Optional[torch.Tensor] = None
         if self.total_charge:
             total_charges = self._total_charges(systems, dtype, device)
+        if self.has_long_range:
+            self._check_slabs(systems, total_charges)
         electric_field: Optional[torch.Tensor] = None
         if self.has_bec and bool((self.electric_field != 0).any()):
             electric_field = self.electric_field.to(dtype).reshape(1, 3).expand(len(systems), 3)
@@ -416,6 +419,40 @@ class LoremModel(torch.nn.Module):
             + ": 1D periodicity (wires, polymers) is not supported; make the system "
             "periodic along all three directions with enough vacuum around it"
         )
+
+    def _check_slabs(
+        self, systems: List[System], total_charges: Optional[torch.Tensor]
+    ) -> None:
+        """Refuse slabs whose long-range energy would depend on the internal vacuum.
+
+        A net charge in a slab interacts with the neutralising background of the 3D sum
+        it is evaluated in, an energy that grows with the height of that cell. With
+        ``neutral_charges`` every channel is neutral; without it (models converted from
+        lorem-jax) the latent charges carry a net charge, so such models are refused, as
+        are slabs with a non-zero total charge.
+        """
+        for k, system in enumerate(systems):
+            if int(system.pbc.sum()) != 2:
+                continue
+            if not self.neutral_charges:
+                raise ValueError(
+                    "system "
+                    + str(k)
+                    + " is a slab (periodic in two directions), which needs a model with "
+                    "neutral latent charges (neutral_charges=True, the default of new "
+                    "models): the raw charges of this model (lorem-jax's form) have a net "
+                    "charge, whose energy in a slab depends on the vacuum. Use pbc=True "
+                    "with vacuum, or a model trained with neutral_charges"
+                )
+            if total_charges is not None and float(torch.abs(total_charges[k])) > 0.0:
+                raise ValueError(
+                    "system "
+                    + str(k)
+                    + " is a slab with a non-zero total charge ("
+                    + str(float(total_charges[k]))
+                    + " e): the energy of a charged slab depends on the neutralising "
+                    "background and on the vacuum; charged slabs are not supported"
+                )
 
     def _total_charges(
         self, systems: List[System], dtype: torch.dtype, device: torch.device
