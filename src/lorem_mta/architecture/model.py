@@ -273,10 +273,13 @@ class LoremMta(ModelInterface[ModelHypers]):
         if model_hypers is not None:
             # how the long-range sum is evaluated changes no parameter: take the new
             # settings, compare the rest
-            model_hypers = {**init_with_defaults(ModelHypers), **model_hypers}
-            self.set_long_range(
-                str(model_hypers["long_range_method"]), model_hypers["long_range_accuracy"]
-            )
+            if any(name in model_hypers for name in LONG_RANGE_SETTINGS):
+                self.set_long_range(
+                    str(
+                        model_hypers.get("long_range_method", self.hypers["long_range_method"])
+                    ),
+                    model_hypers.get("long_range_accuracy", self.hypers["long_range_accuracy"]),
+                )
             raise_if_hypers_mismatch(
                 self.hypers,
                 model_hypers,
