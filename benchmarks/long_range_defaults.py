@@ -86,8 +86,8 @@ def evaluate(kind: str, structure: str) -> dict:
     start = time.perf_counter()
     try:
         prediction = predict(network, [atoms], dtype=torch.float32)
-    except ValueError as e:
-        return {"refused": str(e)}
+    except (ValueError, RuntimeError) as e:
+        return {"refused": str(e)[:300]}
     seconds = time.perf_counter() - start
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {

@@ -103,7 +103,7 @@ def run_one(name: str, method: str, repeats: int, output: str) -> dict:
     choice = None
     try:
         choice = coulomb.planner.plan(cell, len(atoms), CHANNELS, [True] * 3, 8)
-    except ValueError as e:
+    except (ValueError, RuntimeError) as e:  # TorchScript raises ValueErrors as RuntimeError
         estimates = coulomb.planner.estimates(cell, len(atoms), CHANNELS, [True] * 3, 8)
         needed = min(m for n, _, _, m in estimates if method in (n, "auto"))
         return {"refused": str(e), "estimated_gb": needed / 1024**3}
