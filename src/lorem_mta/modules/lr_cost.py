@@ -461,17 +461,6 @@ class LongRangePlanner(torch.nn.Module):
         )
         return message
 
-    @torch.jit.unused
-    def describe(self) -> Dict[str, str]:
-        """The settings as text (for ``lorem-mta info``)."""
-        return {
-            "method": self.method,
-            "accuracy": "reference (lorem-jax k-vectors)"
-            if self.accuracy <= 0 and self.method == "ewald"
-            else str(self.target_accuracy()),
-            "memory limit": _gib(self.memory_limit),
-        }
-
 
 def _n_kvectors(lengths: List[float], wavelength: float) -> float:
     """Number of k-vectors of :py:func:`~.long_range.ewald_kvectors`."""
