@@ -187,7 +187,9 @@ def test_rotation_invariance_with_charge():
 
 def test_equilibrate_counts_long_range_atoms_only():
     """Ghosts (outside ``lr_atoms``) get the shift but do not count in the sum."""
-    long_range = LoremBackbone(max_degree=1, max_degree_lr=1, num_features=4).long_range
+    long_range = LoremBackbone(
+        max_degree=1, max_degree_lr=1, num_features=4, neutral_charges=False
+    ).long_range
     charges = torch.tensor(
         [[0.1, 1.0], [0.2, 2.0], [0.3, 3.0], [0.5, 4.0], [-0.4, 5.0]], dtype=torch.float64
     )
@@ -202,6 +204,31 @@ def test_equilibrate_counts_long_range_atoms_only():
     # no atom in the long-range sum: no division by zero
     empty = long_range.equilibrate(charges[:2], total[:1], [0, 2], torch.tensor([False, False]))
     assert bool(torch.isfinite(empty).all())
+
+
+def test_equilibrate_neutral_channels_with_ghosts():
+    """``neutral_charges``: every channel of the long-range atoms sums to zero (the scalar
+    one to the total charge); ghosts get the shift of their structure."""
+    long_range = LoremBackbone(max_degree=1, max_degree_lr=1, num_features=4).long_range
+    assert long_range.neutral_charges
+    charges = torch.tensor(
+        [[0.1, 1.0], [0.2, 2.0], [0.3, 3.0], [0.5, 4.0], [-0.4, 5.0]], dtype=torch.float64
+    )
+    lr_atoms = torch.tensor([True, True, False, True, True])
+    total = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    result = long_range.equilibrate(charges, total, [0, 3, 5], lr_atoms)
+    first = result[:3][lr_atoms[:3]].sum(dim=0)
+    torch.testing.assert_close(first, torch.tensor([1.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        result[3:].sum(dim=0), torch.tensor([-1.0, 0.0], dtype=torch.float64)
+    )
+    # the ghost (atom 2) moved like the other atoms of its structure
+    torch.testing.assert_close(result[2] - charges[2], result[0] - charges[0])
+    # no total charge: every channel neutral
+    neutral = long_range.equilibrate(charges, None, [0, 3, 5])
+    torch.testing.assert_close(
+        neutral[3:].sum(dim=0), torch.zeros(2, dtype=torch.float64), atol=1e-15, rtol=0
+    )
 
 
 def test_gradient_with_respect_to_the_charge():

@@ -314,7 +314,10 @@ def backbone_hypers(hypers: Dict) -> Dict:
             f"only cutoff_fn='cosine_cutoff' and radial_basis='basic_bernstein' are "
             f"supported, got {h['cutoff_fn']!r} and {h['radial_basis']!r}"
         )
-    return {k: h[k] for k in BACKBONE_HYPERS}
+    options = {k: h[k] for k in BACKBONE_HYPERS}
+    # lorem-jax's model: exact norms and the latent charges as they come
+    options.update(norm_smoothing=0.0, neutral_charges=False)
+    return options
 
 
 def backbone_from_jax(
@@ -445,7 +448,7 @@ def convert_jax(
     if model.has_long_range:
         set_long_range(model, long_range_method, long_range_accuracy, memory_limit_gb)
     _, hypers, _ = read_jax(path, checkpoint)
-    stored = {**_with_defaults(hypers), "converted_from": "lorem-jax"}
+    stored = {**_with_defaults(hypers), **backbone_hypers(hypers), "converted_from": "lorem-jax"}
     if model.has_long_range:
         stored["long_range_method"] = long_range_method
         stored["long_range_accuracy"] = long_range_accuracy

@@ -97,7 +97,9 @@ from typing_extensions import NotRequired, TypedDict
 
 
 class ModelHypers(TypedDict):
-    """Hyperparameters of the LOREM model (names and defaults of lorem-jax 0.2.0)."""
+    """Hyperparameters of the LOREM model (names and defaults of lorem-jax 0.2.0, plus
+    ``norm_smoothing`` and ``neutral_charges``, which fix its energy surface).
+    """
 
     cutoff: float = 5.0
     """Radius (in the length unit of the dataset) of the local environments: the
@@ -218,6 +220,29 @@ class ModelHypers(TypedDict):
     nuclei do not capture (lone pairs, conjugated groups). Needs ``lr: true`` and
     ``max_degree >= 1``; adds ``num_spherical_features`` parameters. Without a dipole
     target it has no effect on the energy. Not a lorem-jax option."""
+
+    norm_smoothing: float = 0.1
+    """Smoothing ``epsilon`` of the norms that turn the spherical features into
+    invariants: ``sqrt(|S_l|**2 + epsilon**2 M**2) - epsilon M``, with ``M`` the norm of
+    the whole feature channel (scale-free). The exact norm (``0``, lorem-jax) is a cone
+    at zero: around every atom whose environment is centrosymmetric (CO2's carbon, the
+    centre of cumulene, every atom of rock-salt, fcc or bcc crystals) the energy has a
+    cusp ``E0 + c|h|`` and the force is undefined, which spoils phonons by finite
+    displacements, NVE near equilibrium and force training on symmetric frames. With
+    ``epsilon > 0`` the energy is infinitely differentiable there and the blocks that
+    vanish by symmetry enter quadratically over displacements up to about ``epsilon``
+    times a bond length. Costs nothing measurable (one square root more per norm) and
+    adds no parameters. Models converted from lorem-jax use ``0``."""
+
+    neutral_charges: bool = True
+    """Remove the per-structure mean of every latent charge channel (the scalar charge
+    and each ``(l, m)`` component of the equivariant charges; with ``total_charge`` the
+    scalar charges then add up to the given total charge). Without it the latent charges
+    of a neutral molecule have a net charge, the Ewald sum adds a neutralising
+    background, and the energy of a molecule in a periodic box converges to its isolated
+    value only like ``1/L`` (and a slab's energy grows with the vacuum); with it, like a
+    dipole, ``1/L**3``. The projection commutes with rotations and adds no parameters.
+    Models converted from lorem-jax use ``false``."""
 
     long_range_method: Literal["auto", "ewald", "pme", "direct"] = "auto"
     """How the Coulomb potentials of periodic structures are computed. ``"auto"`` (the

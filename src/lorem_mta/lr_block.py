@@ -31,9 +31,11 @@ positions and cells, so forces and stresses come from autograd.
 
 **Systems.** Periodic systems (``pbc`` all true) need the full neighbour list of
 :py:meth:`LongRangeBlock.requested_neighbor_lists` at the block's ``cutoff``: it is the
-real-space part of the Ewald sum, whose Gaussian smearing is ``cutoff / 4``. Molecules
-(``pbc`` all false) use the bare all-pairs Coulomb sum and need no neighbour list.
-Mixed (1D, 2D) periodicity is refused.
+real-space part of the Ewald sum, whose Gaussian smearing is ``cutoff / 4``. Slabs
+(``pbc`` true along two directions) use the 2D Ewald sum of
+:py:class:`~lorem_mta.modules.long_range.CoulombPotentials`. Molecules (``pbc`` all
+false) use the bare all-pairs Coulomb sum and need no neighbour list. 1D periodicity is
+refused.
 """
 
 from typing import Dict, List, Optional, Tuple
@@ -62,6 +64,10 @@ class LongRangeBlock(torch.nn.Module):
         (cheapest estimate per structure, see :py:mod:`lorem_mta.modules.lr_cost`) for
         periodic systems
     :param accuracy: long-range accuracy, ``None`` for LOREM's reference settings
+    :param norm_smoothing: ``epsilon`` of the smooth norms of the mixing (``0``: exact
+        norm, see :py:mod:`lorem_mta.modules.spherical`)
+    :param neutral_charges: remove the per-system mean of every charge channel, see
+        :py:meth:`~lorem_mta.modules.long_range.LongRange.equilibrate`
     """
 
     def __init__(
@@ -73,6 +79,8 @@ class LongRangeBlock(torch.nn.Module):
         max_degree_lr: int = 2,
         method: str = "ewald",
         accuracy: Optional[float] = None,
+        norm_smoothing: float = 0.1,
+        neutral_charges: bool = True,
     ):
         super().__init__()
         if max_degree < 0 or not 0 <= max_degree_lr <= 2 * max_degree:
@@ -81,7 +89,17 @@ class LongRangeBlock(torch.nn.Module):
                 f"and max_degree_lr={max_degree_lr}"
             )
         d, s = num_features, num_spherical_features
-        self.long_range = LongRange(cutoff, max_degree, max_degree_lr, d, s, method, accuracy)
+        self.long_range = LongRange(
+            cutoff,
+            max_degree,
+            max_degree_lr,
+            d,
+            s,
+            method,
+            accuracy,
+            norm_smoothing,
+            neutral_charges,
+        )
         self.readout = MLP(d, [d, d, 1])
         self._set_sizes(cutoff, max_degree, max_degree_lr, d, s)
 
@@ -185,6 +203,8 @@ class LongRangeBlock(torch.nn.Module):
 
         # -- the LOREM long-range stage --
         charges = self.long_range.charges(nodes_scalar, nodes_spherical)
+        if self.long_range.neutral_charges:
+            charges = self.long_range.equilibrate(charges, None, atom_ptr)
         potentials = self.long_range.potentials(
             charges,
             positions,
@@ -324,13 +344,15 @@ class LongRangeBlock(torch.nn.Module):
 
 def _is_periodic(system: System) -> bool:
     n_periodic = int(system.pbc.sum())
-    if n_periodic == 3:
+    if n_periodic >= 2:
+        # 3D, or a slab (metatomic zeroes the cell vector of the open direction)
         return True
     if n_periodic == 0:
         return False
     pbc: List[bool] = system.pbc.tolist()
     raise ValueError(
-        "the long-range block needs fully periodic or non-periodic systems, got pbc=" + str(pbc)
+        "the long-range block needs systems periodic in three directions, two (slabs) "
+        "or none, got pbc=" + str(pbc)
     )
 
 

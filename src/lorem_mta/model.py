@@ -48,6 +48,7 @@ from metatomic.torch import (
 from .files import write_atomically
 from .modules import LoremBackbone
 from .modules.dipole import dipole_contributions
+from .modules.long_range import slab_axis
 
 #: smallest distance between two atoms (Angstrom) accepted by the model
 MIN_DISTANCE = 0.1
@@ -397,14 +398,25 @@ class LoremModel(torch.nn.Module):
             if float(torch.abs(torch.linalg.det(system.cell.detach()))) < 1e-6:
                 raise ValueError("periodic system with a singular (zero-volume) cell")
             return True
+        if n_periodic == 2:
+            # a slab: metatomic zeroes the cell vector of the non-periodic direction
+            rows = system.cell.detach()[system.pbc]
+            area = float(torch.linalg.norm(torch.linalg.cross(rows[0], rows[1])))
+            if area < 1e-6:
+                raise ValueError(
+                    "slab (2D periodic system) whose two periodic cell vectors are "
+                    "zero or parallel"
+                )
+            return True
         if n_periodic == 0:
             return False
         pbc: List[bool] = system.pbc.tolist()
         raise ValueError(
-            "LOREM's long-range Coulomb sum needs a fully periodic or a fully "
-            "non-periodic system, got pbc="
+            "LOREM's long-range Coulomb sum needs a system periodic in three "
+            "directions, two (a slab) or none (a molecule), got pbc="
             + str(pbc)
-            + " (1D and 2D periodicity are not supported)"
+            + ": 1D periodicity (wires, polymers) is not supported; make the system "
+            "periodic along all three directions with enough vacuum around it"
         )
 
     def _total_charges(
@@ -480,10 +492,22 @@ class LoremModel(torch.nn.Module):
             if not periodic[k] or bool(selected[a0:a1].all()):
                 continue
             cell = cells[k].detach()
+            # a slab: a unit vector in the non-periodic direction, never wrapped
+            periodic_rows = torch.any(cell != 0, dim=1).to(cell.dtype)
+            axis = slab_axis(cell)
+            if axis >= 0:
+                first = cell[1 if axis == 0 else 0]
+                second = cell[1 if axis == 2 else 2]
+                normal = torch.linalg.cross(first, second)
+                cell = cell.index_copy(
+                    0,
+                    torch.tensor([axis], device=cell.device),
+                    (normal / torch.linalg.norm(normal)).unsqueeze(0),
+                )
             fractional = positions[a0:a1].detach() @ torch.linalg.inv(cell)
             local = selected[a0:a1]
             delta = fractional[~local].unsqueeze(1) - fractional[local].unsqueeze(0)
-            delta = (delta - torch.round(delta)) @ cell  # [n_unselected, n_selected, 3]
+            delta = (delta - torch.round(delta) * periodic_rows) @ cell
             is_image = (torch.linalg.norm(delta, dim=-1) < 1e-4).any(dim=1)
             unselected = torch.nonzero(~local).reshape(-1) + a0
             ghosts[unselected] = is_image

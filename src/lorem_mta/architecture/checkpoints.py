@@ -25,8 +25,9 @@ and a reference checkpoint of every version is kept in ``tests/checkpoints/`` so
 upgrade path stays tested (metatrain's ``CheckpointTests``).
 
 History: model version 2 drops two index buffers of the Clebsch-Gordan tensor products
-(``column_path`` and ``column_out``) that the contraction no longer uses; the trainer is at
-version 1.
+(``column_path`` and ``column_out``) that the contraction no longer uses; version 3 stores
+``norm_smoothing`` and ``neutral_charges`` (older models: exact norm, charges as they
+come); the trainer is at version 1.
 """
 
 from typing import Any, Dict
@@ -43,6 +44,20 @@ def model_update_v1_v2(checkpoint: Dict[str, Any]) -> None:
             continue
         for name in [n for n in state_dict if n.endswith((".column_path", ".column_out"))]:
             del state_dict[name]
+
+
+def model_update_v2_v3(checkpoint: Dict[str, Any]) -> None:
+    """Keep the energy surface of models trained before the two smoothness fixes.
+
+    Version 3 adds ``norm_smoothing`` and ``neutral_charges``, which are on by default
+    for new models; older models were trained with the exact norm and the charges as
+    they come, and must compute the same energies after the upgrade.
+
+    :param checkpoint: the checkpoint dictionary, modified in place
+    """
+    hypers = checkpoint["model_data"]["model_hypers"]
+    hypers.setdefault("norm_smoothing", 0.0)
+    hypers.setdefault("neutral_charges", False)
 
 
 def upgrade(checkpoint: Dict[str, Any], kind: str, current: int) -> Dict[str, Any]:

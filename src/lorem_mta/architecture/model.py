@@ -67,7 +67,7 @@ class LoremMta(ModelInterface[ModelHypers]):
     :param dataset_info: atomic types, length unit and the (single, energy-like) target
     """
 
-    __checkpoint_version__ = 2
+    __checkpoint_version__ = 3
     __supported_devices__ = ["cuda", "cpu"]
     __supported_dtypes__ = [torch.float32, torch.float64]
     __default_metadata__ = default_metadata()
@@ -104,6 +104,8 @@ class LoremMta(ModelInterface[ModelHypers]):
             total_charge=bool(self.hypers["total_charge"]),
             bec=bool(self.hypers["bec"]),
             atomic_dipoles=bool(self.hypers["atomic_dipoles"]),
+            norm_smoothing=float(self.hypers["norm_smoothing"]),
+            neutral_charges=bool(self.hypers["neutral_charges"]),
         )
         # the network (its own `atomic_baseline` stays zero: the composition model below
         # is the baseline)
@@ -550,6 +552,8 @@ def _check_hypers(hypers: Dict[str, Any]) -> None:
             "long_range_method must be 'auto', 'ewald', 'pme' or 'direct', got "
             f"'{hypers['long_range_method']}'"
         )
+    if not float(hypers["norm_smoothing"]) >= 0.0:
+        raise ValueError(f"norm_smoothing must be >= 0, got {hypers['norm_smoothing']}")
     accuracy = hypers["long_range_accuracy"]
     if accuracy is not None and not 0.0 < float(accuracy) < 1.0:
         raise ValueError(f"long_range_accuracy must be between 0 and 1, got {accuracy}")

@@ -51,7 +51,11 @@ class BackboneOutput(NamedTuple):
 
 
 class LoremBackbone(torch.nn.Module):
-    """The LOREM network. Arguments have lorem-jax's names and defaults.
+    """The LOREM network, with lorem-jax's argument names and defaults.
+
+    Except the two fixes of its energy surface, ``norm_smoothing`` and
+    ``neutral_charges``, which are on by default (``0.0`` and ``False`` give lorem-jax's
+    model exactly).
 
     :param cutoff: short-range cutoff radius (Angstrom)
     :param max_degree: largest degree ``L`` of the spherical features
@@ -75,6 +79,14 @@ class LoremBackbone(torch.nn.Module):
         :py:class:`~lorem_mta.modules.bec.BornChargeHead` per stage
     :param atomic_dipoles: add a learned atomic dipole head on the ``l = 1`` spherical
         features (needs ``lr`` and ``max_degree >= 1``; not in lorem-jax)
+    :param norm_smoothing: ``epsilon`` of the smooth norm features, which keep the energy
+        smooth at inversion centres (:py:mod:`~lorem_mta.modules.spherical`); ``0``
+        is lorem-jax's exact norm
+    :param neutral_charges: remove the per-structure mean of every latent charge
+        channel, so that the long-range energy does not depend on the size of a
+        periodic box around a molecule
+        (:py:meth:`~lorem_mta.modules.long_range.LongRange.equilibrate`); ``False`` is
+        lorem-jax's model
     """
 
     def __init__(
@@ -95,6 +107,8 @@ class LoremBackbone(torch.nn.Module):
         total_charge: bool = False,
         bec: bool = False,
         atomic_dipoles: bool = False,
+        norm_smoothing: float = 0.1,
+        neutral_charges: bool = True,
     ):
         super().__init__()
         if total_charge and not lr:
@@ -107,13 +121,21 @@ class LoremBackbone(torch.nn.Module):
         self.num_features = d
         self.num_charge_channels = 1 + (max_degree_lr + 1) ** 2 if lr else 0
         self.total_charge = bool(total_charge)
+        if norm_smoothing < 0:
+            raise ValueError(f"norm_smoothing must be >= 0, got {norm_smoothing}")
+        self.norm_smoothing = float(norm_smoothing)
+        self.neutral_charges = bool(neutral_charges)
         self.embedding = ChemicalEmbedding(num_species)
         self.radial_basis = BernsteinBasis(num_radial, cutoff)
         self.spherical_harmonics = SphericalHarmonics(L)
-        self.initial = InitialStep(L, d, s, num_radial, num_species, initialize_node_features)
+        self.initial = InitialStep(
+            L, d, s, num_radial, num_species, initialize_node_features, norm_smoothing
+        )
         self.steps = torch.nn.ModuleList(
             [
-                MessagePassingStep(L, d, s, num_radial, equivariant_message_passing)
+                MessagePassingStep(
+                    L, d, s, num_radial, equivariant_message_passing, norm_smoothing
+                )
                 for _ in range(num_message_passing)
             ]
         )
@@ -121,7 +143,15 @@ class LoremBackbone(torch.nn.Module):
         self.long_range_readout = None
         if lr:
             self.long_range = LongRange(
-                cutoff, L, max_degree_lr, d, s, long_range_method, long_range_accuracy
+                cutoff,
+                L,
+                max_degree_lr,
+                d,
+                s,
+                long_range_method,
+                long_range_accuracy,
+                norm_smoothing,
+                neutral_charges,
             )
             self.long_range_readout = MLP(d, [d, d, 1])
         self.bec = bool(bec)
@@ -201,7 +231,7 @@ class LoremBackbone(torch.nn.Module):
         potentials = charges
         if self.long_range is not None and self.long_range_readout is not None:
             charges = self.long_range.charges(nodes_scalar, nodes_spherical)
-            if self.total_charge:
+            if self.total_charge or self.neutral_charges:
                 charges = self.long_range.equilibrate(
                     charges, total_charges, atom_ptr, lr_atoms
                 )

@@ -45,6 +45,7 @@ graph so that stresses are right. ``"pme"`` uses torch-pme's particle-mesh Ewald
 large cells.
 """
 
+import math
 from typing import List, Optional, Tuple
 
 import torch
@@ -56,7 +57,18 @@ from .lr_cost import LongRangePlanner, fft_mesh_size, image_pairs, mesh_shape
 from .spherical import degree_index, l_factors, norm_features
 from .tensor_product import EquivariantLinear, TensorDense, TensorProduct
 
-__all__ = ["CoulombPotentials", "LongRange", "ewald_kvectors", "fft_mesh_size", "mesh_shape"]
+__all__ = [
+    "ChannelMeshInterpolator",
+    "CoulombPotentials",
+    "LongRange",
+    "MeshPME",
+    "SplineModuliFilter",
+    "ewald_kvectors",
+    "fft_mesh_size",
+    "slab_axis",
+    "slab_cell",
+    "slab_correction",
+]
 
 
 def ewald_kvectors(cell: torch.Tensor, lr_wavelength: float) -> torch.Tensor:
@@ -262,6 +274,93 @@ class MeshPME(torchpme.PMECalculator):
         return potentials / 2
 
 
+def slab_axis(cell: torch.Tensor) -> int:
+    """The non-periodic lattice direction of a slab, ``-1`` for a 3D periodic cell.
+
+    metatomic (and so every engine) sets the cell vector of a non-periodic direction to
+    zero; a cell with exactly one zero row is a slab.
+
+    :param cell: tensor of shape ``(3, 3)``
+    :return: index of the zero row, or ``-1``
+    """
+    zero = torch.nonzero(torch.all(cell == 0, dim=1)).reshape(-1)
+    if zero.shape[0] == 1:
+        return int(zero[0])
+    return -1
+
+
+def slab_cell(
+    cell: torch.Tensor, positions: torch.Tensor, gap: float
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    r"""A 3D cell in which a slab's Ewald sum is evaluated, and the atoms' heights.
+
+    The two lattice vectors :math:`\mathbf a, \mathbf b` of the slab are kept and the
+    third is the unit normal :math:`\hat{\mathbf n} = \mathbf a \times \mathbf b /
+    |\mathbf a \times \mathbf b|` times a height :math:`L` that holds the slab and a gap
+    of vacuum: :math:`L` is the slab's thickness plus ``gap``, rounded up to a
+    multiple of 4 Angstrom (and detached from the graph) so that it stays constant in
+    simulations. Nothing depends on the vacuum in the user's cell (which metatomic
+    drops anyway) or on how the slab is oriented in space.
+
+    :param cell: tensor of shape ``(3, 3)`` with one zero row (:py:func:`slab_axis`)
+    :param positions: tensor of shape ``(n_atoms, 3)``
+    :param gap: vacuum between images, Angstrom
+    :return: the cell, shape ``(3, 3)`` (rows ``a, b, L n``), and the heights
+        :math:`z_i = (\mathbf r_i - \bar{\mathbf r}) \cdot \hat{\mathbf n}`, shape
+        ``(n_atoms,)``
+    """
+    axis = slab_axis(cell)
+    a = cell[1 if axis == 0 else 0]
+    b = cell[1 if axis == 2 else 2]
+    normal = torch.linalg.cross(a, b)
+    normal = normal / torch.linalg.norm(normal)
+    heights = (positions - positions.detach().mean(dim=0)) @ normal
+    thickness = float((heights.max() - heights.min()).detach()) if heights.shape[0] else 0.0
+    height = 4.0 * math.ceil((thickness + gap) / 4.0)
+    return torch.stack([a, b, height * normal]), heights
+
+
+def slab_correction(
+    charges: torch.Tensor, heights: torch.Tensor, volume: torch.Tensor, normal: torch.Tensor
+) -> torch.Tensor:
+    r"""Potentials that turn a 3D Ewald sum of a slab into the 2D periodic sum.
+
+    The energy correction for a slab in a 3D cell of volume :math:`V` and height
+    :math:`L` along the normal (Yeh and Berkowitz, J. Chem. Phys. 111, 3155 (1999), with
+    the terms of a charged slab of Ballenegger, Arnold and Cerda, J. Chem. Phys. 131,
+    094107 (2009)), in every channel with :math:`M = \sum_j q_j z_j`,
+    :math:`S = \sum_j q_j z_j^2` and :math:`Q = \sum_j q_j`:
+
+    .. math::
+
+        E_c = \frac{2\pi}{V} \Big( M^2 - Q S - \frac{Q^2 L^2}{12} \Big),
+        \qquad
+        V^c_i = \frac12 \frac{\partial E_c}{\partial q_i}
+            = \frac{\pi}{V} \Big( 2 M z_i - S - Q z_i^2 - \frac{Q L^2}{6} \Big),
+
+    with the convention :math:`E = \sum_i q_i V_i` of :py:class:`CoulombPotentials`.
+    It removes the interaction of the slab's dipole with its images along the normal
+    (and the field of the neutralising background); the result does not depend on the
+    origin of the heights. With neutral channels (``neutral_charges``) only the dipole
+    term is left and the energy of the slab is independent of :math:`L`; a net
+    charge in a slab interacts with the background, whose energy grows with
+    :math:`L`.
+
+    :param charges: tensor of shape ``(n_atoms, n_channels)``
+    :param heights: heights along the normal, shape ``(n_atoms,)``
+    :param volume: volume of the 3D cell, scalar tensor
+    :param normal: third row of the 3D cell, :math:`L \hat{\mathbf n}`, shape ``(3,)``
+    :return: tensor of shape ``(n_atoms, n_channels)``
+    """
+    z = heights.unsqueeze(-1)
+    total = charges.sum(dim=0)
+    dipole = (charges * z).sum(dim=0)
+    second = (charges * z * z).sum(dim=0)
+    length_sq = (normal * normal).sum()
+    bracket = 2 * dipole * z - second - total * z * z - total * length_sq / 6
+    return torch.pi / volume * bracket
+
+
 class CoulombPotentials(torch.nn.Module):
     r"""Multi-channel Coulomb potentials ``V = 1/2 sum q v`` for one structure at a time.
 
@@ -364,11 +463,14 @@ class CoulombPotentials(torch.nn.Module):
         :param charges: tensor of shape ``(n_atoms, n_channels)``
         :param positions: tensor of shape ``(n_atoms, 3)``
         :param cell: tensor of shape ``(3, 3)`` (ignored for molecules)
-        :param periodic: whether the structure is periodic in all three directions
+        :param periodic: whether the structure is periodic (in three directions, or in
+            two for a slab, whose cell has a zero row along the third, as in metatomic)
         :param pairs: full neighbour list (periodic only), shape ``(n_pairs, 2)``
         :param distances: pair distances (periodic only), shape ``(n_pairs,)``
         :return: tensor of shape ``(n_atoms, n_channels)``
         """
+        if periodic and slab_axis(cell) >= 0:
+            return self._slab(charges, positions, cell, pairs, distances)
         if not periodic:
             n_atoms = positions.shape[0]
             self.planner.check_molecule(n_atoms, charges.shape[1], charges.element_size())
@@ -381,29 +483,21 @@ class CoulombPotentials(torch.nn.Module):
                 neighbor_indices=all_pairs.T,
                 neighbor_distances=torch.linalg.norm(vectors, dim=1),
             )
-        return self.periodic_potentials(charges, positions, cell, pairs, distances)
+        return self._periodic(charges, positions, cell, pairs, distances)
 
-    def periodic_potentials(
+    def _periodic(
         self,
         charges: torch.Tensor,
         positions: torch.Tensor,
         cell: torch.Tensor,
         pairs: torch.Tensor,
         distances: torch.Tensor,
-        periodic: Optional[List[bool]] = None,
     ) -> torch.Tensor:
-        """Potentials of one periodic structure, with the method of the planner.
+        """Potentials of a 3D periodic cell (or a slab's internal cell), any method.
 
-        :param charges: tensor of shape ``(n_atoms, n_channels)``
-        :param positions: tensor of shape ``(n_atoms, 3)``
-        :param cell: tensor of shape ``(3, 3)``
-        :param pairs: full neighbour list, shape ``(n_pairs, 2)``
-        :param distances: pair distances, shape ``(n_pairs,)``
-        :param periodic: periodic lattice vectors (default: all three)
-        :return: tensor of shape ``(n_atoms, n_channels)``
+        The planner picks the method (arguments of :py:meth:`forward`).
         """
-        if periodic is None:
-            periodic = [True, True, True]
+        periodic = [True, True, True]
         method, level = self.planner.plan(
             cell, positions.shape[0], charges.shape[1], periodic, charges.element_size()
         )
@@ -467,6 +561,39 @@ class CoulombPotentials(torch.nn.Module):
         missing = torch.zeros_like(charges).index_add(0, far[:, 0], charges[far[:, 1]] * terms)
         return result - missing / 2
 
+    def _slab(
+        self,
+        charges: torch.Tensor,
+        positions: torch.Tensor,
+        cell: torch.Tensor,
+        pairs: torch.Tensor,
+        distances: torch.Tensor,
+    ) -> torch.Tensor:
+        """Potentials of a slab (periodic along two lattice vectors).
+
+        The sum runs in the 3D cell of :py:func:`slab_cell`, with the slab correction of
+        :py:func:`slab_correction`. Arguments as in :py:meth:`forward`.
+        """
+        internal, heights = slab_cell(cell, positions, self.slab_gap(cell))
+        potentials = self._periodic(charges, positions, internal, pairs, distances)
+        volume = torch.abs(torch.linalg.det(internal))
+        return potentials + slab_correction(charges, heights, volume, internal[2])
+
+    def slab_gap(self, cell: torch.Tensor) -> float:
+        r"""Vacuum between periodic images of a slab in the internal 3D cell.
+
+        The images interact through the in-plane Fourier components of the charge
+        density, which decay like :math:`e^{-2\pi g / a}` over a gap :math:`g` for an
+        in-plane period :math:`a`: :math:`g = 3 a_{max}` makes this below ~1e-8 of
+        the slab's own energy. At least twice the cutoff, so that the real-space sum
+        (over the model's neighbour list) never reaches an image.
+
+        :param cell: tensor of shape ``(3, 3)`` with one zero row
+        :return: the gap, Angstrom
+        """
+        lateral = float(torch.linalg.norm(cell.detach(), dim=1).max())
+        return max(3.0 * lateral, 8.0 * self.smearing)
+
 
 class LongRange(torch.nn.Module):
     """Charges, potentials and mixing of the potentials back into the node features.
@@ -478,6 +605,10 @@ class LongRange(torch.nn.Module):
     :param num_spherical_features: spherical channels ``s``
     :param method: ``"ewald"``, ``"pme"`` or ``"auto"`` for periodic structures
     :param accuracy: reciprocal-space accuracy (``None``: reference settings)
+    :param norm_smoothing: ``epsilon`` of the smooth norm features of the mixing
+        (``0``: exact norm, see :py:mod:`~lorem_mta.modules.spherical`)
+    :param neutral_charges: remove the per-structure mean of every charge channel
+        (:py:meth:`equilibrate`)
     """
 
     def __init__(
@@ -489,11 +620,15 @@ class LongRange(torch.nn.Module):
         num_spherical_features: int,
         method: str = "ewald",
         accuracy: Optional[float] = None,
+        norm_smoothing: float = 0.0,
+        neutral_charges: bool = False,
     ):
         super().__init__()
         d, s = num_features, num_spherical_features
         self.max_degree = max_degree
         self.max_degree_lr = max_degree_lr
+        self.norm_smoothing = float(norm_smoothing)
+        self.neutral_charges = bool(neutral_charges)
         self.scalar_charge = MLP(d, [2 * d, 1])
         self.spherical_charges = TensorDense(max_degree, s, 1, max_degree_lr)
         self.coulomb = CoulombPotentials(cutoff, method, accuracy)
@@ -522,14 +657,23 @@ class LongRange(torch.nn.Module):
         atom_ptr: List[int],
         lr_atoms: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        r"""Shift the scalar charges so that they add up to each structure's total charge.
+        r"""Make every structure's charges add up to its total charge.
 
-        Charge equilibration with a uniform correction: for every structure,
-        :math:`q_i \leftarrow q_i + (Q - \sum_j q_j) / N`, where the sum and :math:`N`
-        run over the atoms that take part in the long-range sum (``lr_atoms``). Every
-        atom of the structure (ghosts included, so that they stay copies of their
-        images) gets the same shift. Only channel 0 (the scalar MLP charge) changes; the
-        shift is invariant under rotations and permutations and differentiable.
+        Charge equilibration with a uniform correction. By default (lorem-jax's model
+        with ``total_charge``), only the scalar charges (channel 0) move, by
+        :math:`q_i \leftarrow q_i + (Q - \sum_j q_j) / N`. With ``neutral_charges``
+        the per-structure mean of *every* channel :math:`\alpha` is removed,
+        :math:`Q^\alpha_i \leftarrow Q^\alpha_i - \frac1N \sum_j Q^\alpha_j`, and the
+        scalar charges then get :math:`Q / N` each: every equivariant channel is
+        neutral, so no neutralising background enters the Ewald sum and a molecule in
+        a periodic box converges to its isolated energy like a dipole (:math:`1/L^3`)
+        instead of like a net charge (:math:`1/L`). The mean of an :math:`(l, m)`
+        channel rotates like the channel, so the projection commutes with rotations;
+        it is also invariant under permutations and translations.
+
+        The sums and :math:`N` run over the atoms that take part in the long-range sum
+        (``lr_atoms``); every atom of the structure (ghosts included, so that they stay
+        copies of their images) gets the same shift.
 
         :param charges: tensor of shape ``(n_atoms, n_channels)``
         :param total_charges: tensor of shape ``(n_structures,)``, ``None`` for neutral
@@ -541,16 +685,22 @@ class LongRange(torch.nn.Module):
         n_structures = len(atom_ptr) - 1
         device, dtype = charges.device, charges.dtype
         structure = structure_index(atom_ptr, charges.shape[0], device)
-        scalar = charges[:, 0]
-        weights = torch.ones_like(scalar) if lr_atoms is None else lr_atoms.to(dtype)
+        weights = torch.ones_like(charges[:, 0]) if lr_atoms is None else lr_atoms.to(dtype)
         zeros = torch.zeros(n_structures, dtype=dtype, device=device)
-        n_atoms = zeros.index_add(0, structure, weights)
-        current = zeros.index_add(0, structure, scalar * weights)
+        n_atoms = zeros.index_add(0, structure, weights).clamp(min=1.0)
         target = zeros
         if total_charges is not None:
             target = total_charges.to(device=device, dtype=dtype).reshape(n_structures)
-        shift = (target - current) / n_atoms.clamp(min=1.0)
-        scalar = scalar + shift[structure]
+        if self.neutral_charges:
+            sums = torch.zeros(
+                (n_structures, charges.shape[1]), dtype=dtype, device=device
+            ).index_add(0, structure, charges * weights.unsqueeze(-1))
+            charges = charges - (sums / n_atoms.unsqueeze(-1))[structure]
+            scalar = charges[:, 0] + (target / n_atoms)[structure]
+        else:
+            scalar = charges[:, 0]
+            current = zeros.index_add(0, structure, scalar * weights)
+            scalar = scalar + ((target - current) / n_atoms)[structure]
         return torch.cat([scalar.unsqueeze(-1), charges[:, 1:]], dim=-1)
 
     def potentials(
@@ -640,6 +790,8 @@ class LongRange(torch.nn.Module):
         # potential_tensor(potential_dense(V), S) without forming the s copies of V
         scale = self.potential_dense.weight[:, 0, :]
         updates = self.potential_tensor.rank_one(potentials[:, 1:], scale, nodes_spherical)
-        norms = norm_features(updates, self.degrees, self.l_factors, self.max_degree)
+        norms = norm_features(
+            updates, self.degrees, self.l_factors, self.max_degree, self.norm_smoothing
+        )
         nodes_scalar = self.update(nodes_scalar, torch.cat([potentials[:, :1], norms], dim=-1))
         return nodes_scalar, updates

@@ -169,6 +169,8 @@ class InitialStep(torch.nn.Module):
     :param num_radial: radial basis size ``K``
     :param num_species: species embedding width
     :param initialize_node_features: start from ``W_0 e_i`` instead of zeros
+    :param norm_smoothing: ``epsilon`` of the smooth norm features (``0``: exact norm,
+        see :py:mod:`~lorem_mta.modules.spherical`)
     """
 
     def __init__(
@@ -179,10 +181,12 @@ class InitialStep(torch.nn.Module):
         num_radial: int,
         num_species: int,
         initialize_node_features: bool,
+        norm_smoothing: float = 0.0,
     ):
         super().__init__()
         d, s, L = num_features, num_spherical_features, max_degree
         self.num_features = d
+        self.norm_smoothing = float(norm_smoothing)
         self.max_degree = L
         self.radial_coefficients = RadialCoefficients(num_species, num_radial, d)
         self.node_embedding = None
@@ -243,7 +247,9 @@ class InitialStep(torch.nn.Module):
         )
         nodes_spherical = self.tensor_dense(density)
 
-        norms = norm_features(nodes_spherical, self.degrees, self.l_factors, self.max_degree)
+        norms = norm_features(
+            nodes_spherical, self.degrees, self.l_factors, self.max_degree, self.norm_smoothing
+        )
         nodes_scalar = self.norm_update(nodes_scalar, norms)
         return nodes_scalar, nodes_spherical, self.readout(nodes_scalar)[:, 0]
 
@@ -254,12 +260,20 @@ class EquivariantMessage(torch.nn.Module):
     :param max_degree: largest degree ``L``
     :param num_features: scalar feature size ``d``
     :param num_spherical_features: spherical channels ``s``
+    :param norm_smoothing: ``epsilon`` of the smooth norm features (``0``: exact norm)
     """
 
-    def __init__(self, max_degree: int, num_features: int, num_spherical_features: int):
+    def __init__(
+        self,
+        max_degree: int,
+        num_features: int,
+        num_spherical_features: int,
+        norm_smoothing: float = 0.0,
+    ):
         super().__init__()
         d, s, L = num_features, num_spherical_features, max_degree
         self.max_degree = L
+        self.norm_smoothing = float(norm_smoothing)
         self.spherical_coefficients = _SphericalCoefficients(L, d, s)
         self.message_pass = MessagePass(L, s)
         self.node_dense = EquivariantLinear(L, s, s)
@@ -293,7 +307,9 @@ class EquivariantMessage(torch.nn.Module):
         nodes_spherical = self.tensor(
             self.node_dense(nodes_spherical), self.message_dense(messages)
         )
-        norms = norm_features(nodes_spherical, self.degrees, self.l_factors, self.max_degree)
+        norms = norm_features(
+            nodes_spherical, self.degrees, self.l_factors, self.max_degree, self.norm_smoothing
+        )
         return self.norm_update(nodes_scalar, norms), nodes_spherical
 
 
@@ -305,6 +321,7 @@ class MessagePassingStep(torch.nn.Module):
     :param num_spherical_features: spherical channels ``s``
     :param num_radial: radial basis size ``K``
     :param equivariant: also pass equivariant messages and update ``S``
+    :param norm_smoothing: ``epsilon`` of the smooth norm features (``0``: exact norm)
     """
 
     def __init__(
@@ -314,6 +331,7 @@ class MessagePassingStep(torch.nn.Module):
         num_spherical_features: int,
         num_radial: int,
         equivariant: bool,
+        norm_smoothing: float = 0.0,
     ):
         super().__init__()
         d = num_features
@@ -322,7 +340,9 @@ class MessagePassingStep(torch.nn.Module):
         self.message_update = Update(d, d)
         self.equivariant = None
         if equivariant:
-            self.equivariant = EquivariantMessage(max_degree, d, num_spherical_features)
+            self.equivariant = EquivariantMessage(
+                max_degree, d, num_spherical_features, norm_smoothing
+            )
         self.readout = MLP(d, [d, d, 1])
 
     def forward(

@@ -22,8 +22,30 @@ hard-coded (weight conversion, tests).
     P_i^{l,c} = (2l+1)^{1/4} \, \big\lVert S_i^{l,\cdot,c} \big\rVert_2,
 
 where the empirical factors :math:`(2l+1)^{1/4}` make the variance of the norms more
-uniform across :math:`l`. The norm has a zero gradient at a zero block and finite
-second derivatives elsewhere, which force training needs.
+uniform across :math:`l`. The exact norm (lorem-jax's, ``smoothing = 0``) has a zero
+gradient at a zero block and finite second derivatives elsewhere, which force training
+needs.
+
+**Smooth norm.** The exact norm is a cone at zero: a block that vanishes by symmetry
+(every odd-:math:`l` block of an atom at an inversion centre: CO2's carbon, every atom
+of rock salt, fcc or bcc crystals) grows like :math:`|h|` with a displacement
+:math:`h`, so the energy has a cusp there, :math:`E = E_0 + c|h|`, and the force is
+undefined. With ``smoothing = \epsilon > 0`` the norm is replaced by
+
+.. math::
+
+    \lVert S^{l,c} \rVert_\epsilon = \sqrt{\lVert S^{l,c} \rVert^2 + \epsilon^2
+        M_c^2} - \epsilon M_c, \qquad M_c^2 = \sum_{l'} \lVert S^{l',c} \rVert^2,
+
+which is infinitely differentiable wherever the channel :math:`c` of the atom does not
+vanish as a whole (its :math:`l = 0` part is an invariant and does not vanish by
+symmetry), is zero for a zero block, and tends to the exact norm for
+:math:`\lVert S^{l,c} \rVert \gg \epsilon M_c`. The scale :math:`M_c` is the norm of
+the whole channel, so the smoothing is the same at any overall scale of the features
+(at initialisation they are ~1e-3 in the short-range stages and ~1e-8 in the mixing
+of the long-range block, and grow during training): a vanishing block enters
+quadratically, :math:`\lVert S^l \rVert_\epsilon \approx \lVert S^l \rVert^2 / (2
+\epsilon M_c)`, over displacements up to about :math:`\epsilon` times a bond length.
 """
 
 import math
@@ -176,8 +198,44 @@ def spherical_norm(x: torch.Tensor, degrees: torch.Tensor, max_degree: int) -> t
     return torch.where(nonzero, torch.sqrt(safe), torch.zeros_like(squared))
 
 
+def smooth_spherical_norm(
+    x: torch.Tensor, degrees: torch.Tensor, max_degree: int, smoothing: float
+) -> torch.Tensor:
+    r"""Per-degree smooth norm :math:`\sqrt{|x^l|^2 + \epsilon^2 M^2} - \epsilon M`.
+
+    ``M`` is the norm of every channel over all degrees (see the module docstring).
+    Infinitely differentiable, double backward included, wherever ``M > 0``; zero with
+    a zero gradient for an all-zero channel.
+
+    :param x: tensor of shape ``(n_atoms, (L + 1)^2, n_features)``
+    :param degrees: degree of every component, shape ``((L + 1)^2,)``
+    :param max_degree: largest degree ``L`` contained in ``x``
+    :param smoothing: ``epsilon > 0``
+    :return: tensor of shape ``(n_atoms, L + 1, n_features)``
+    """
+    squared = torch.zeros(
+        (x.shape[0], max_degree + 1, x.shape[2]), dtype=x.dtype, device=x.device
+    ).index_add(1, degrees, x * x)
+    scale = smoothing * smoothing * squared.sum(dim=1, keepdim=True)
+    # sqrt(s + c) - sqrt(c) = s / (sqrt(s + c) + sqrt(c)): no cancellation for s << c
+    denominator = _safe_sqrt(squared + scale) + _safe_sqrt(scale)
+    denominator = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+    return squared / denominator
+
+
+def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
+    """``sqrt(x)`` for ``x >= 0`` with zero (not NaN) gradients at ``x = 0``."""
+    nonzero = x > 0
+    safe = torch.where(nonzero, x, torch.ones_like(x))
+    return torch.where(nonzero, torch.sqrt(safe), torch.zeros_like(x))
+
+
 def norm_features(
-    x: torch.Tensor, degrees: torch.Tensor, factors: torch.Tensor, max_degree: int
+    x: torch.Tensor,
+    degrees: torch.Tensor,
+    factors: torch.Tensor,
+    max_degree: int,
+    smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Flattened ``(2l+1)^(1/4) |x^l|`` invariants, degree-major (index ``l * F + c``).
 
@@ -185,7 +243,13 @@ def norm_features(
     :param degrees: degree of every component, shape ``((L + 1)^2,)``
     :param factors: :py:func:`l_factors`, shape ``(L + 1,)``
     :param max_degree: largest degree ``L`` contained in ``x``
+    :param smoothing: ``0`` for the exact norm (:py:func:`spherical_norm`, lorem-jax),
+        ``epsilon > 0`` for :py:func:`smooth_spherical_norm`
     :return: tensor of shape ``(n_atoms, (L + 1) * n_features)``
     """
-    norms = spherical_norm(x, degrees, max_degree) * factors.to(x.dtype).unsqueeze(-1)
+    if smoothing > 0.0:
+        norms = smooth_spherical_norm(x, degrees, max_degree, smoothing)
+    else:
+        norms = spherical_norm(x, degrees, max_degree)
+    norms = norms * factors.to(x.dtype).unsqueeze(-1)
     return norms.reshape(x.shape[0], -1)
