@@ -151,6 +151,30 @@ def test_direct_sum_matches_the_reference(structure):
     torch.testing.assert_close(default, reference, rtol=0, atol=3e-5 * scale)
 
 
+@pytest.mark.parametrize(("method", "rtol"), [("pme", 3e-5), ("direct", 1e-6), ("auto", 3e-5)])
+def test_native_slab_with_every_method(method, rtol):
+    """A 2D slab (pbc = [T, T, F], zero third cell vector) goes through the same chooser
+    in its internal 3D cell."""
+    atoms = nacl((2, 2, 1))
+    cell = atoms.cell.array.copy()
+    cell[2] = 0.0
+    positions = torch.tensor(atoms.positions)
+    i, j, shifts = NeighborList(cutoff=CUTOFF, full_list=True).compute(
+        atoms.positions, np.diag([11.28, 11.28, 0.0]), [True, True, False], quantities="ijS"
+    )
+    pairs = torch.tensor(np.stack([i, j], axis=1).astype(np.int64))
+    vectors = positions[pairs[:, 1]] - positions[pairs[:, 0]]
+    vectors = vectors + torch.tensor(shifts.astype(np.float64)) @ torch.tensor(cell)
+    distances = torch.linalg.norm(vectors, dim=1)
+    charges = torch.randn(len(atoms), 3, generator=torch.Generator().manual_seed(0)).double()
+    energies = {}
+    for name in ("ewald", method):
+        coulomb = CoulombPotentials(CUTOFF, name)
+        potentials = coulomb(charges, positions, torch.tensor(cell), True, pairs, distances)
+        energies[name] = (charges * potentials).sum().item()
+    assert energies[method] == pytest.approx(energies["ewald"], rel=rtol)
+
+
 # -- the memory guard ------------------------------------------------------------------
 
 
