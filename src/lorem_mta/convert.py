@@ -448,7 +448,11 @@ def convert_jax(
     if model.has_long_range:
         set_long_range(model, long_range_method, long_range_accuracy, memory_limit_gb)
     _, hypers, _ = read_jax(path, checkpoint)
-    stored = {**_with_defaults(hypers), **backbone_hypers(hypers), "converted_from": "lorem-jax"}
+    stored = {
+        **_with_defaults(hypers),
+        **backbone_hypers(hypers),
+        "converted_from": "lorem-jax",
+    }
     if model.has_long_range:
         stored["long_range_method"] = long_range_method
         stored["long_range_accuracy"] = long_range_accuracy
