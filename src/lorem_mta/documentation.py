@@ -244,19 +244,28 @@ class ModelHypers(TypedDict):
     dipole, ``1/L**3``. The projection commutes with rotations and adds no parameters.
     Models converted from lorem-jax use ``false``."""
 
-    long_range_method: Literal["ewald", "pme", "auto"] = "ewald"
-    """How the Coulomb potentials of periodic structures are computed: ``"ewald"``
-    (exact to the Ewald parameters, O(N**2) with the number of atoms, what the paper
-    trains with), ``"pme"`` (particle-mesh Ewald, about linear scaling and faster from a
-    few hundred atoms on, relative error around 1e-5) or ``"auto"`` (Ewald below 200 atoms,
-    PME above). Molecules always use a direct sum. The choice changes only how the
-    same potentials are evaluated, so a model trained with one can be run with
-    another."""
+    long_range_method: Literal["auto", "ewald", "pme", "direct"] = "auto"
+    """How the Coulomb potentials of periodic structures are computed. ``"auto"`` (the
+    default) estimates, for every structure, the time and memory of each method and takes
+    the fastest that fits the memory: PME for dense cells from ~64 atoms on, ``"direct"``
+    for molecules and clusters in large boxes. ``"ewald"`` is the exact lorem-jax
+    reference (what the paper trains with; time and memory grow as the number of
+    k-vectors times the number of atoms, i.e. with the volume times the atoms);
+    ``"pme"`` is particle-mesh Ewald (about linear scaling, relative error ~1e-5);
+    ``"direct"`` sums explicit pairs of atoms and periodic images with a wider Gaussian
+    smearing (cheap for a few atoms in a big box, quadratic in the atoms). Molecules
+    (``pbc=False``) always use the all-pairs sum. All methods evaluate the same
+    potentials, so this can be changed after training without retraining: ``lorem-mta
+    export MODEL -o NEW.pt --long-range-method ewald``, or in the options of a
+    fine-tuning run."""
 
     long_range_accuracy: Optional[float] = None
-    """Target accuracy of the reciprocal-space Ewald sum, between 0 and 1. ``None``
-    keeps lorem-jax's settings (wavelength ``cutoff / 8``, converged to ~1e-9); 1e-5 to
-    1e-6 uses fewer k-vectors and makes large periodic cells noticeably cheaper."""
+    """Target accuracy of the long-range sum, between 0 and 1 (about the relative error
+    of the potentials). ``None`` keeps lorem-jax's reference k-vectors with ``"ewald"``
+    (wavelength ``cutoff / 8``, converged to ~1e-9) and means 1e-5 for the other methods;
+    tighter values make ``"ewald"`` and ``"direct"`` more expensive, and ``"auto"`` only
+    considers PME for 1e-5 or looser. Can be changed after training like
+    ``long_range_method`` (``--long-range-accuracy``)."""
 
     cutoff_fn: Literal["cosine_cutoff"] = "cosine_cutoff"
     """Smooth cutoff function of the radial basis (the only choice in LOREM)."""
