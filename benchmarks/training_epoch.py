@@ -10,10 +10,9 @@ Runs :py:class:`lorem_mta.architecture.Trainer` (the code behind ``mtt train``) 
 with batches of 8, float32 and one thread, for the ``small`` model (cutoff 5,
 ``max_degree`` 2, ``max_degree_lr`` 2, 32 features, 4 spherical features, 8 radial
 functions, no message passing) or the ``paper`` model (the defaults). The CPU time of
-one epoch is the difference between a run of ``1 + n`` epochs and a run of 1 epoch
-(composition fit, data loaders and the first epoch's warm-up cancel), measured with
-``time.process_time`` in this process; the runs of the compared settings are
-interleaved.
+an epoch (``time.process_time`` of this process, training and validation) is taken
+between the ends of consecutive epochs of a run of ``1 + epochs`` epochs (the first one
+warms up); with ``--baseline-src`` the runs of the two versions are interleaved.
 
 ``--profile`` writes a cProfile of two epochs (after one warm-up epoch) and a summary
 of where the time goes by category.
@@ -48,6 +47,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data"
+JAX_PYTHON = HERE.parent / ".venv-jax" / "bin" / "python"
 BATCH = 8
 
 SMALL = {
@@ -162,14 +162,29 @@ def train(
         loss={"energy": {**LOSS, "gradients": {"positions": LOSS}}},
         **training,
     )
-    with tempfile.TemporaryDirectory() as checkpoints:
-        trainer = Trainer(trainer_hypers)
-        start = time.process_time()
-        trainer.train(
-            model, torch.float32, [torch.device("cpu")], [train_set], [val_set], checkpoints
-        )
-        cpu = time.process_time() - start
-    return cpu, model, trainer
+    # CPU time at the end of every epoch: the metric logger is called once per epoch
+    from metatrain.utils import logging as mtt_logging
+
+    log = mtt_logging.MetricLogger.log
+    stamps = []
+
+    def log_and_stamp(self, *args, **kwargs):
+        stamps.append(time.process_time())
+        return log(self, *args, **kwargs)
+
+    mtt_logging.MetricLogger.log = log_and_stamp
+    try:
+        with tempfile.TemporaryDirectory() as checkpoints:
+            trainer = Trainer(trainer_hypers)
+            start = time.process_time()
+            trainer.train(
+                model, torch.float32, [torch.device("cpu")], [train_set], [val_set], checkpoints
+            )
+            cpu = time.process_time() - start
+    finally:
+        mtt_logging.MetricLogger.log = log
+    epochs_cpu = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    return cpu, epochs_cpu, model, trainer
 
 
 CATEGORIES = [
@@ -258,32 +273,68 @@ def profile_run(case_data: tuple, model_hypers: dict, training: dict, output: Pa
     print(output.read_text()[:3000])
 
 
+def run_json(command: list, env: dict) -> dict:
+    """Run ``command``; return the last JSON line it printed."""
+    result = subprocess.run([str(c) for c in command], env=env, capture_output=True, text=True)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode != 0 or not lines:
+        raise RuntimeError(f"{command} failed:\n{result.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def jax_command(args: argparse.Namespace, folder: Path) -> list:
+    """``jax_training_epoch.py`` on the structures of this case, in .venv-jax."""
+    hypers = {k: v for k, v in MODELS[args.model].items()}
+    command = [JAX_PYTHON, HERE / "jax_training_epoch.py", folder / "train.xyz"]
+    command += [folder / "validation.xyz", "--hypers", json.dumps(hypers)]
+    return command + ["--epochs", str(args.epochs), "--batch-size", str(BATCH)]
+
+
+def jax_env() -> dict:
+    """One XLA thread when ``OMP_NUM_THREADS=1``."""
+    flags = "--xla_cpu_multi_thread_eigen=true"
+    if os.environ.get("OMP_NUM_THREADS") == "1":
+        flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    return {**os.environ, "XLA_FLAGS": flags}
+
+
 def compare(args: argparse.Namespace) -> None:
-    """Interleaved subprocess runs of the baseline and the current code."""
+    """Interleaved subprocess runs of the baseline, the current code and lorem-jax."""
     command = [sys.executable, __file__, "--case", args.case, "--model", args.model]
     command += ["--epochs", str(args.epochs), "--repeats", "1", "--n-train", str(args.n_train)]
     current = str(Path(__file__).resolve().parents[1] / "src")
-    times: dict = {"baseline": [], "current": []}
-    for _ in range(args.repeats):
-        for name, src in [("baseline", str(args.baseline_src)), ("current", current)]:
-            env = {**os.environ, "PYTHONPATH": src}
-            extra = ["--training", args.training] if name == "current" else []
-            result = subprocess.run(command + extra, env=env, capture_output=True, text=True)
-            lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-            if result.returncode != 0 or not lines:
-                raise RuntimeError(f"{name} failed:\n{result.stderr[-3000:]}")
-            times[name].append(json.loads(lines[-1])["median"])
-            print(f"{name}: {times[name][-1]:.3f} CPU-s/epoch", flush=True)
+    variants = []
+    if args.baseline_src is not None:
+        variants.append(
+            ("baseline", command, {**os.environ, "PYTHONPATH": str(args.baseline_src)})
+        )
+    current_command = command + ["--training", args.training]
+    variants.append(("current", current_command, {**os.environ, "PYTHONPATH": current}))
+    times: dict = {name: [] for name, _, _ in variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.jax:
+            for name, selected in frames(args.case, args.n_train).items():
+                write(selected, Path(tmp) / f"{name}.xyz")
+            variants.append(("lorem-jax", jax_command(args, Path(tmp)), jax_env()))
+            times["lorem-jax"] = []
+        for _ in range(args.repeats):
+            for name, variant_command, env in variants:
+                times[name] += run_json(variant_command, env)["cpu_s_per_epoch"]
+                print(f"{name}: {times[name]} CPU-s/epoch", flush=True)
     record = {
         "case": args.case,
         "model": args.model,
+        "n_train": len(frames(args.case, args.n_train)["train"]),
         "epochs_per_run": args.epochs,
-        "baseline_cpu_s_per_epoch": times["baseline"],
-        "current_cpu_s_per_epoch": times["current"],
-        "baseline_median": float(np.median(times["baseline"])),
-        "current_median": float(np.median(times["current"])),
+        "repeats": args.repeats,
+        "training": json.loads(args.training),
+        "cpu_s_per_epoch": times,
+        "median": {name: float(np.median(values)) for name, values in times.items()},
     }
-    record["baseline / current"] = record["baseline_median"] / record["current_median"]
+    for name in times:
+        if name != "current":
+            ratio = record["median"][name] / record["median"]["current"]
+            record[f"{name} / current"] = ratio
     print(json.dumps(record), flush=True)
     if args.json is not None:
         with open(args.json, "a") as file:
@@ -308,8 +359,9 @@ def main() -> None:
         help="also time the lorem_mta package in this folder (e.g. the src/ of "
         "`git archive main src`), in subprocesses interleaved with the current one",
     )
+    parser.add_argument("--jax", action="store_true", help="also time lorem-jax")
     args = parser.parse_args()
-    if args.baseline_src is not None:
+    if args.baseline_src is not None or args.jax:
         compare(args)
         return
     torch.set_num_threads(1)
@@ -324,10 +376,10 @@ def main() -> None:
             return
         per_epoch = []
         for _ in range(args.repeats):
-            one, _, _ = train(case_data, model_hypers, 1, training)
-            many, _, _ = train(case_data, model_hypers, 1 + args.epochs, training)
-            per_epoch.append((many - one) / args.epochs)
-            print(f"{args.case} {args.model}: {per_epoch[-1]:.3f} CPU-s/epoch", flush=True)
+            # epochs 2, 3, ... (the first one warms up)
+            _, epochs_cpu, _, _ = train(case_data, model_hypers, 1 + args.epochs, training)
+            per_epoch += epochs_cpu
+            print(f"{args.case} {args.model}: {epochs_cpu} CPU-s/epoch", flush=True)
     record = {
         "case": args.case,
         "model": args.model,
