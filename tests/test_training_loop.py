@@ -72,7 +72,7 @@ def train(data, tmp_path, **training):
     torch.manual_seed(0)
     model = LoremMta(MODEL, info)
     hypers = get_default_hypers("experimental.lorem_mta")["training"]
-    hypers.update(batch_size=4, num_workers=0, log_interval=1, **training)
+    hypers.update(**{"batch_size": 4, "num_workers": 0, "log_interval": 1, **training})
     trainer = Trainer(hypers)
     trainer.train(
         model, torch.float32, [torch.device("cpu")], [train_set], [val_set], str(tmp_path)
@@ -95,6 +95,16 @@ def test_prepared_structures_train_as_per_batch_collate(data, tmp_path):
         torch.testing.assert_close(value, plain_state[name], rtol=0.0, atol=0.0, msg=name)
 
 
+def test_prepared_structures_with_worker_processes(data, tmp_path):
+    """Prepared structures also go through worker processes (as byte buffers)."""
+    training = {"num_epochs": 1, "num_workers": 1}
+    cached, _ = train(data, tmp_path, **training)
+    plain, _ = train(data, tmp_path, cache_neighbor_lists=False, **training)
+    for name, value in cached.state_dict().items():
+        if not name.endswith("type_to_index"):
+            torch.testing.assert_close(value, plain.state_dict()[name], rtol=0.0, atol=0.0)
+
+
 def test_prepared_dataset_matches_collate_function(data):
     """A batch of prepared samples equals metatrain's collate of the raw samples."""
     from metatrain.utils.data import CollateFn, unpack_batch
@@ -113,7 +123,7 @@ def test_prepared_dataset_matches_collate_function(data):
         get_system_with_neighbor_lists_transform(get_requested_neighbor_lists(model)),
         shift,
     ]
-    prepared = PreparedDataset(train_set, ["energy"], transforms, torch.float64)
+    prepared = PreparedDataset(train_set, ["energy"], transforms)
     indices = [3, 0, 7, 5]
     batch = InProcessCollateFn(["energy"])([prepared[i] for i in indices])
     reference = CollateFn(["energy"], callables=transforms)([train_set[i] for i in indices])

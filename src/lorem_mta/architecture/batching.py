@@ -26,7 +26,6 @@ from metatensor.torch import TensorMap
 from metatomic.torch import System
 from metatrain.utils.data import CollateFn, Dataset, unpack_batch
 from metatrain.utils.data.dataset import DiskDataset, MemmapDataset
-from metatrain.utils.transfer import batch_to
 
 DatasetLike = Union[Dataset, torch.utils.data.Subset]
 Transform = Callable[..., Tuple[List[System], Dict[str, TensorMap], Dict[str, TensorMap]]]
@@ -37,14 +36,15 @@ class PreparedDataset(torch.utils.data.Dataset):
 
     Every sample keeps the fields (and their order) of the original sample: the
     ``system`` with its neighbour lists attached and the targets and extra data with
-    the baseline and scale removed, in the training ``dtype``.
+    the baseline and scale removed, in the dtype of the dataset (the training loop
+    converts every batch, as with metatrain's collate function; metatomic's byte buffers
+    for worker processes only take systems in the dtype they were created with).
 
     :param dataset: the original dataset (in memory)
     :param target_keys: names of the fields that are targets (the others are extra
         data)
     :param transforms: the collate function's transforms, called as
         ``transform(systems, targets, extra)`` on one structure at a time
-    :param dtype: floating-point type of the systems, targets and extra data
     """
 
     def __init__(
@@ -52,7 +52,6 @@ class PreparedDataset(torch.utils.data.Dataset):
         dataset: DatasetLike,
         target_keys: List[str],
         transforms: List[Transform],
-        dtype: torch.dtype,
     ) -> None:
         super().__init__()
         self.samples: List[Any] = []
@@ -65,8 +64,6 @@ class PreparedDataset(torch.utils.data.Dataset):
             extra = {k: v for k, v in data.items() if k not in target_keys}
             for transform in transforms:
                 systems, targets, extra = transform(systems, targets, extra)
-            systems, targets, extra = batch_to(systems, targets, extra, dtype=dtype)
-            assert extra is not None  # batch_to returns a dict when given one
             values = {"system": systems[0], **targets, **extra}
             self.samples.append(namedtuple("Sample", fields)(*[values[f] for f in fields]))
 
@@ -88,20 +85,16 @@ def prepare_datasets(
     datasets: List[DatasetLike],
     target_keys: List[str],
     transforms: List[Transform],
-    dtype: torch.dtype,
 ) -> List[DatasetLike]:
     """:py:class:`PreparedDataset` of every in-memory dataset (others unchanged).
 
     :param datasets: training or validation datasets
     :param target_keys: names of the target fields
     :param transforms: the collate function's transforms
-    :param dtype: floating-point type of the prepared samples
     :return: the datasets to build the data loaders from
     """
     return [
-        dataset
-        if is_on_disk(dataset)
-        else PreparedDataset(dataset, target_keys, transforms, dtype)
+        dataset if is_on_disk(dataset) else PreparedDataset(dataset, target_keys, transforms)
         for dataset in datasets
     ]
 

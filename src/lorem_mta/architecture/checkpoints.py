@@ -25,8 +25,8 @@ and a reference checkpoint of every version is kept in ``tests/checkpoints/`` so
 upgrade path stays tested (metatrain's ``CheckpointTests``).
 
 History: model version 2 drops two index buffers of the Clebsch-Gordan tensor products
-(``column_path`` and ``column_out``) that the contraction no longer uses; the trainer is at
-version 1.
+(``column_path`` and ``column_out``) that the contraction no longer uses; trainer version
+2 adds the ``time_budget``, ``time_budget_clock`` and ``cache_neighbor_lists`` options.
 """
 
 from typing import Any, Dict
@@ -43,6 +43,17 @@ def model_update_v1_v2(checkpoint: Dict[str, Any]) -> None:
             continue
         for name in [n for n in state_dict if n.endswith((".column_path", ".column_out"))]:
             del state_dict[name]
+
+
+def trainer_update_v1_v2(checkpoint: Dict[str, Any]) -> None:
+    """Add the time-budget and data-preparation options with their defaults.
+
+    :param checkpoint: the checkpoint dictionary, modified in place
+    """
+    hypers = checkpoint["train_hypers"]
+    hypers.setdefault("time_budget", None)
+    hypers.setdefault("time_budget_clock", "wall")
+    hypers.setdefault("cache_neighbor_lists", True)
 
 
 def upgrade(checkpoint: Dict[str, Any], kind: str, current: int) -> Dict[str, Any]:
