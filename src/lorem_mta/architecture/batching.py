@@ -17,7 +17,7 @@ demand (metatrain's ``DiskDataset`` and ``MemmapDataset``, meant for data sets l
 than the memory) keep metatrain's per-batch pipeline.
 """
 
-from typing import Any, Callable, Dict, List, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from metatensor.learn.data import group_and_join
@@ -26,6 +26,7 @@ from metatensor.torch import TensorMap
 from metatomic.torch import System
 from metatrain.utils.data import CollateFn, Dataset, unpack_batch
 from metatrain.utils.data.dataset import DiskDataset, MemmapDataset
+from metatrain.utils.transfer import batch_to
 
 DatasetLike = Union[Dataset, torch.utils.data.Subset]
 Transform = Callable[..., Tuple[List[System], Dict[str, TensorMap], Dict[str, TensorMap]]]
@@ -36,15 +37,16 @@ class PreparedDataset(torch.utils.data.Dataset):
 
     Every sample keeps the fields (and their order) of the original sample: the
     ``system`` with its neighbour lists attached and the targets and extra data with
-    the baseline and scale removed, in the dtype of the dataset (the training loop
-    converts every batch, as with metatrain's collate function; metatomic's byte buffers
-    for worker processes only take systems in the dtype they were created with).
+    the baseline and scale removed, converted to ``dtype`` if given.
 
     :param dataset: the original dataset (in memory)
     :param target_keys: names of the fields that are targets (the others are extra
         data)
     :param transforms: the collate function's transforms, called as
         ``transform(systems, targets, extra)`` on one structure at a time
+    :param dtype: floating-point type to convert the prepared samples to, once; ``None``
+        keeps the dtype of the dataset (needed with worker processes: metatomic's byte
+        buffers only take systems in the dtype they were read in)
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class PreparedDataset(torch.utils.data.Dataset):
         dataset: DatasetLike,
         target_keys: List[str],
         transforms: List[Transform],
+        dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
         self.samples: List[Any] = []
@@ -64,6 +67,9 @@ class PreparedDataset(torch.utils.data.Dataset):
             extra = {k: v for k, v in data.items() if k not in target_keys}
             for transform in transforms:
                 systems, targets, extra = transform(systems, targets, extra)
+            if dtype is not None:
+                systems, targets, new_extra = batch_to(systems, targets, extra, dtype=dtype)
+                extra = extra if new_extra is None else new_extra
             values = {"system": systems[0], **targets, **extra}
             self.samples.append(namedtuple("Sample", fields)(*[values[f] for f in fields]))
 
@@ -85,16 +91,20 @@ def prepare_datasets(
     datasets: List[DatasetLike],
     target_keys: List[str],
     transforms: List[Transform],
+    dtype: Optional[torch.dtype] = None,
 ) -> List[DatasetLike]:
     """:py:class:`PreparedDataset` of every in-memory dataset (others unchanged).
 
     :param datasets: training or validation datasets
     :param target_keys: names of the target fields
     :param transforms: the collate function's transforms
+    :param dtype: floating-point type of the prepared samples (``None``: unchanged)
     :return: the datasets to build the data loaders from
     """
     return [
-        dataset if is_on_disk(dataset) else PreparedDataset(dataset, target_keys, transforms)
+        dataset
+        if is_on_disk(dataset)
+        else PreparedDataset(dataset, target_keys, transforms, dtype)
         for dataset in datasets
     ]
 

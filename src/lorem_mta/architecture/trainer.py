@@ -250,7 +250,7 @@ class Trainer(TrainerInterface[TrainerHypers]):
 
         logging.info("Setting up data loaders")
         train_dataloader, val_dataloader, epoch_samplers = self._dataloaders(
-            model, train_datasets, val_datasets, device, is_distributed, world_size, rank
+            model, train_datasets, val_datasets, dtype, device, is_distributed, world_size, rank
         )
 
         raw_model = model
@@ -475,6 +475,7 @@ class Trainer(TrainerInterface[TrainerHypers]):
         model: LoremMta,
         train_datasets: List[Union[Dataset, torch.utils.data.Subset]],
         val_datasets: List[Union[Dataset, torch.utils.data.Subset]],
+        dtype: torch.dtype,
         device: torch.device,
         is_distributed: bool,
         world_size: int,
@@ -542,8 +543,14 @@ class Trainer(TrainerInterface[TrainerHypers]):
         if hypers["cache_neighbor_lists"] and not on_disk:
             logging.info("Computing the neighbour lists of all structures once")
             target_keys = list(train_targets.keys())
-            train_datasets = prepare_datasets(train_datasets, target_keys, transforms)
-            val_datasets = prepare_datasets(val_datasets, target_keys, transforms)
+            # in the training dtype once, unless worker processes serialise them
+            prepared_dtype = dtype if num_workers == 0 else None
+            train_datasets = prepare_datasets(
+                train_datasets, target_keys, transforms, prepared_dtype
+            )
+            val_datasets = prepare_datasets(
+                val_datasets, target_keys, transforms, prepared_dtype
+            )
             transforms = []
         collate_class = InProcessCollateFn if num_workers == 0 else CollateFn
         collate_fn = collate_class(target_keys=list(train_targets.keys()), callables=transforms)
