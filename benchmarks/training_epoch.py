@@ -273,6 +273,53 @@ def profile_run(case_data: tuple, model_hypers: dict, training: dict, output: Pa
     print(output.read_text()[:3000])
 
 
+def operator_profile(
+    case_data: tuple, model_hypers: dict, training: dict, output: Path
+) -> None:
+    """torch.profiler table of the first 20 batches (training steps) of the second epoch
+    of a 2-epoch run: the time of the torch operators themselves (forward and backward),
+    by self CPU time (more batches take too much memory)."""
+    from metatrain.utils import logging as mtt_logging
+    from metatrain.utils.loss import LossAggregator
+
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+    log = mtt_logging.MetricLogger.log
+    counter = {"epoch": 0}
+
+    def log_and_switch(self, *args, **kwargs):
+        result = log(self, *args, **kwargs)
+        counter["epoch"] += 1
+        if counter["epoch"] == 1:
+            profiler.start()
+        return result
+
+    loss = LossAggregator.__call__
+    counter["steps"] = 0
+
+    def loss_and_count(self, *args, **kwargs):
+        if counter["epoch"] == 1:
+            counter["steps"] += 1
+            if counter["steps"] == 21:
+                profiler.stop()
+        return loss(self, *args, **kwargs)
+
+    mtt_logging.MetricLogger.log = log_and_switch
+    LossAggregator.__call__ = loss_and_count
+    try:
+        train(case_data, model_hypers, 2, training)
+    finally:
+        if counter["steps"] < 21:
+            profiler.stop()
+        mtt_logging.MetricLogger.log = log
+        LossAggregator.__call__ = loss
+    averages = profiler.key_averages()
+    total = sum(event.self_cpu_time_total for event in averages) / 1e6
+    lines = [f"torch operators, 20 training steps: {total:.2f} s of self CPU time (profiled)"]
+    lines.append(averages.table(sort_by="self_cpu_time_total", row_limit=30))
+    output.write_text("\n".join(lines))
+    print(output.read_text()[:4000])
+
+
 def run_json(command: list, env: dict) -> dict:
     """Run ``command``; return the last JSON line it printed."""
     result = subprocess.run([str(c) for c in command], env=env, capture_output=True, text=True)
@@ -352,6 +399,7 @@ def main() -> None:
         "--training", default="{}", help="JSON of trainer options of the timed runs"
     )
     parser.add_argument("--profile", type=Path, help="write a cProfile summary here")
+    parser.add_argument("--ops", type=Path, help="write a torch.profiler operator table")
     parser.add_argument("--json", type=Path, help="append the timings to this file")
     parser.add_argument(
         "--baseline-src",
@@ -373,6 +421,9 @@ def main() -> None:
         model_hypers = MODELS[args.model]
         if args.profile is not None:
             profile_run(case_data, model_hypers, training, args.profile)
+            return
+        if args.ops is not None:
+            operator_profile(case_data, model_hypers, training, args.ops)
             return
         per_epoch = []
         for _ in range(args.repeats):
