@@ -358,6 +358,7 @@ class Trainer(TrainerInterface[TrainerHypers]):
         metric_logger: Optional[MetricLogger] = None
         epoch = start_epoch
         started = time.monotonic()
+        last_in_budget = False
         for epoch in range(start_epoch, num_epochs):
             budget.start_epoch()
             for sampler in epoch_samplers:
@@ -366,7 +367,7 @@ class Trainer(TrainerInterface[TrainerHypers]):
                 epoch == start_epoch
                 or epoch % hypers["log_interval"] == 0
                 or epoch == num_epochs - 1
-                or not budget.fits(2)  # probably the last epoch within the budget
+                or last_in_budget
             )
 
             # -- training --
@@ -448,8 +449,13 @@ class Trainer(TrainerInterface[TrainerHypers]):
             # -- time budget: stop before an epoch that would not end within it --
             budget.end_epoch()
             if budget.seconds is not None and epoch < num_epochs - 1:
-                stop, horizon[0] = _same_on_all_ranks(
-                    [int(not budget.fits(1)), budget.expected_epochs(epoch + 1, num_epochs)],
+                # (rank 0 decides for all: the epochs, logs and rates must agree)
+                stop, horizon[0], last_in_budget = _same_on_all_ranks(
+                    [
+                        int(not budget.fits(1)),
+                        budget.expected_epochs(epoch + 1, num_epochs),
+                        int(not budget.fits(2)),  # the next epoch is probably the last
+                    ],
                     is_distributed,
                     device,
                 )
