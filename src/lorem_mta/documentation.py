@@ -395,6 +395,35 @@ class TrainerHypers(TypedDict):
     num_workers: Optional[int] = None
     """Number of worker processes for data loading; chosen automatically if not set."""
 
+    time_budget: Optional[float] = None
+    """Stop training when this many seconds are used up (``time_budget_clock``), even
+    before ``num_epochs``. The clock starts with the trainer (fitting the baseline and
+    preparing the data count); after every epoch, training stops if one more epoch, as
+    long as the last one, would overrun the budget, and the log says so. The
+    learning-rate schedule then spans the epochs that fit in the budget instead of
+    ``num_epochs`` (re-estimated after every epoch from the mean epoch time), so that
+    ``linear_decay`` and ``cosine`` reach ``final_learning_rate`` at the end of the
+    budget (the linear decay starts at ``decay_start_epoch`` or half-way through the
+    epochs that fit, whichever comes first). The model with the best validation metric among the
+    epochs that ran is exported, as usual. Saving, exporting and evaluating the model
+    at the end of ``mtt train`` come on top of the budget."""
+
+    time_budget_clock: Literal["wall", "cpu"] = "wall"
+    """The clock of ``time_budget``: ``"wall"`` for elapsed real time (a job's time
+    limit on a cluster), ``"cpu"`` for the CPU time of the training process (all of its
+    threads; data-loader worker processes are not counted), which is what a shared
+    machine charges and what stays comparable when other jobs run on the same cores."""
+
+    cache_neighbor_lists: bool = True
+    """Compute the neighbour lists of all structures once, before the first epoch, and
+    keep them in memory with the targets (composition baseline and scale removed),
+    instead of recomputing them for every batch of every epoch. The results are the
+    same; it saves a large part of an epoch for small models and costs memory of the
+    order of the neighbour lists (30-45 bytes per pair, about 2 kB per atom of a dense
+    solid at a 5 Å cutoff). Set it to ``false`` for data sets that barely fit in
+    memory. Data sets read from disk on demand (``.zip`` or memory-mapped folders) are
+    never cached."""
+
     log_mae: bool = False
     """Log mean absolute errors alongside root mean squared errors."""
 
