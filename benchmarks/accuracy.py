@@ -35,7 +35,7 @@ in the same budget (see ``--jax-epochs`` for how lorem-train counts epochs);
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/accuracy.py \\
         --dataset cumulene --n-train 600 --n-val 100 --n-test 100 --batch-size 8 \\
         --threads 1 --cpu-budget 600 --epochs 100000 --decay-start-epoch 10 \\
-        --jax-epochs 600 --seeds 0,1 --tag cumulene-600cpu
+        --jax-epochs N --seeds 0,1 --tag cumulene-600cpu
 
 Results go to ``benchmarks/results/accuracy.json`` (merged per data set, so the data
 sets can be run one after the other), split indices to
