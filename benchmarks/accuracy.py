@@ -29,12 +29,13 @@ Usage (from the repository root)::
 Equal compute instead of equal epochs (``--cpu-budget``): lorem_mta stops at the CPU-time
 budget (``time_budget_clock: cpu``, the schedule follows the budget), lorem-jax trains
 for the number of epochs that its per-epoch CPU time (``training_epoch.py --jax``) fits
-in the same budget; ``train_cpu_s`` in the results is the CPU time each run really used::
+in the same budget (see ``--jax-epochs`` for how lorem-train counts epochs);
+``train_cpu_s`` in the results is the CPU time each run really used::
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/accuracy.py \\
         --dataset cumulene --n-train 600 --n-val 100 --n-test 100 --batch-size 8 \\
         --threads 1 --cpu-budget 600 --epochs 100000 --decay-start-epoch 10 \\
-        --jax-epochs 600 --seeds 0,1 --tag cumulene-600cpu
+        --jax-epochs N --seeds 0,1 --tag cumulene-600cpu
 
 Results go to ``benchmarks/results/accuracy.json`` (merged per data set, so the data
 sets can be run one after the other), split indices to
@@ -619,8 +620,12 @@ def main() -> None:
         "--jax-epochs",
         type=int,
         default=None,
-        help="epochs of lorem-jax (default --epochs); with --cpu-budget, the budget "
-        "divided by lorem-jax's CPU seconds per epoch (benchmarks/training_epoch.py --jax)",
+        help="epochs of lorem-jax (its `max_epochs`, default --epochs); with --cpu-budget, "
+        "the number of lorem-train epochs that fit in the budget. Careful: on a "
+        "600-structure training set with batch 8, lorem-train logged 'run for 220 epochs, "
+        "132000 steps' and 'estimated batches/epoch: 75', i.e. 8x more steps than epochs "
+        "of 75 batches; check the step count in its log against the CPU time per step of "
+        "benchmarks/training_epoch.py --jax before a long run",
     )
     parser.add_argument("--n-val", type=int, default=None)
     parser.add_argument("--n-test", type=int, default=None)

@@ -426,7 +426,12 @@ class Trainer(TrainerInterface[TrainerHypers]):
                 )
                 if rank == 0:
                     elapsed = time.monotonic() - started
-                    logging.info(progress_line(epoch, start_epoch, num_epochs, elapsed))
+                    # with a time budget: out of the epochs expected to fit in it
+                    expected = max(horizon[0], epoch + 1)
+                    line = progress_line(epoch, start_epoch, expected, elapsed)
+                    if budget.seconds is not None:
+                        line += f" ({budget.describe()})"
+                    logging.info(line)
 
             val_metric = get_selected_metric(val_metrics, hypers["best_model_metric"])
             if val_metric < self.best_metric:
@@ -454,7 +459,7 @@ class Trainer(TrainerInterface[TrainerHypers]):
                     [
                         int(not budget.fits(1)),
                         budget.expected_epochs(epoch + 1, num_epochs),
-                        int(not budget.fits(2)),  # the next epoch is probably the last
+                        int(not budget.fits(3)),  # the next epoch may be the last one
                     ],
                     is_distributed,
                     device,
