@@ -5,9 +5,11 @@ exported ``AtomisticModel``; the table of ``docs/reliability.rst`` lists what ea
 """
 
 import copy
+import errno
 import gzip
 import io
 import os
+import stat
 from pathlib import Path
 
 import ase
@@ -765,6 +767,166 @@ def test_convert_jax_output_folder_missing(tmp_path, capsys):
     output = tmp_path / "missing" / "model.pt"
     assert main(["convert-jax", str(_parity_npz()), "-o", str(output)]) == 1
     assert "No such file or directory" in capsys.readouterr().err
+
+
+# -- full disks, special files and symbolic links -------------------------------------
+
+
+class _FullDisk:
+    """A file whose writes fail after a few bytes, as on a full disk."""
+
+    def __init__(self, file):
+        self.file = file
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        self.file.close()
+
+    def write(self, data):
+        self.file.write(data[:10])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _fill_disk(monkeypatch):
+    """Python writes of ``lorem_mta.files`` hit a full disk."""
+    import builtins
+
+    import lorem_mta.files
+
+    real_open = builtins.open
+
+    def full_open(file, mode="r", *args, **kwargs):
+        opened = real_open(file, mode, *args, **kwargs)
+        return _FullDisk(opened) if "w" in mode else opened
+
+    monkeypatch.setattr(lorem_mta.files, "open", full_open, raising=False)
+
+
+def test_export_disk_full_raises_and_keeps_previous_file(models, tmp_path, monkeypatch):
+    """A full disk: an ``OSError`` naming the file, the old model intact, no ``.tmp``."""
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"previous model")
+    _fill_disk(monkeypatch)
+    with pytest.raises(OSError, match=r"could not write '.*model\.pt': No space left") as e:
+        export(copy.deepcopy(models["direct"]), str(path), torch.float64)
+    assert e.value.errno == errno.ENOSPC
+    assert path.read_bytes() == b"previous model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_torchscript_write_error_is_a_python_exception(tmp_path):
+    """TorchScript aborts the process on a write error (here ``/dev/full``); the
+    in-memory save of ``write_saved_atomically`` turns it into an ``OSError``."""
+    import subprocess
+    import sys
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full")
+    script = (
+        "import torch\n"
+        "m = torch.jit.script(torch.nn.Linear(2, 2))\n"
+        "torch.jit.save(m, '/dev/full')\n"
+    )
+    aborted = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert aborted.returncode != 0 and b"Traceback" not in aborted.stderr
+
+    # the same save through lorem_mta.files: /dev/full is refused, a symbolic link to it
+    # too, and a write error raises
+    from lorem_mta.files import write_saved_atomically
+
+    scripted = torch.jit.script(torch.nn.Linear(2, 2))
+    link = tmp_path / "model.pt"
+    link.symlink_to("/dev/full")
+    for target in ["/dev/full", str(link)]:
+        with pytest.raises(OSError, match="'/dev/full'.* a character device, not a regular"):
+            write_saved_atomically(target, lambda file: scripted.save(file))
+    assert link.is_symlink() and os.readlink(link) == "/dev/full"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def _special_file(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / "model.pt"
+    if kind == "folder":
+        path.mkdir()
+        (path / "keep.txt").write_text("keep")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        if os.geteuid() != 0:
+            pytest.skip("creating a device node needs root")
+        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # like /dev/null
+    return path
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "device"])
+def test_output_onto_special_file_is_refused(tmp_path, kind):
+    """A folder, FIFO or device node as output: refused before writing, left as it was."""
+    from lorem_mta.files import write_bytes_atomically
+
+    path = _special_file(tmp_path, kind)
+    before = path.lstat()
+    name = {"folder": "a folder", "fifo": "a FIFO", "device": "a character device"}[kind]
+    with pytest.raises(OSError, match=f"refusing to write to '.*model.pt': it is {name}"):
+        write_bytes_atomically(str(path), b"model")
+    after = path.lstat()
+    assert (after.st_mode, after.st_ino, after.st_rdev) == (
+        before.st_mode,
+        before.st_ino,
+        before.st_rdev,
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "disk full"])
+def test_convert_jax_special_output_and_full_disk(tmp_path, capsys, monkeypatch, kind):
+    """``convert-jax -o``: one-line errors naming the file; nothing replaced or left."""
+    from lorem_mta.cli import main
+
+    if kind == "fifo":
+        output = _special_file(tmp_path, "fifo")
+        message = "it is a FIFO (named pipe), not a regular file"
+    else:
+        output = tmp_path / "model.pt"
+        output.write_bytes(b"previous model")
+        _fill_disk(monkeypatch)
+        message = "No space left on device (an existing file there is left unchanged)"
+    assert main(["convert-jax", str(_parity_npz()), "-o", str(output)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert str(output) in err and message in err
+    if kind == "fifo":
+        assert stat.S_ISFIFO(output.lstat().st_mode)
+    else:
+        assert output.read_bytes() == b"previous model"
+    # the extensions folder next to the model is collected before the model is written
+    assert sorted(p.name for p in tmp_path.iterdir()) in (
+        ["model.pt"],
+        ["extensions", "model.pt"],
+    )
+
+
+def test_export_through_symbolic_link(models, tmp_path):
+    """A symlinked ``model.pt`` stays a link; its target is replaced by the new model."""
+    versions = tmp_path / "versions"
+    versions.mkdir()
+    target = versions / "model-v1.pt"
+    target.write_bytes(b"previous model")
+    link = tmp_path / "model.pt"
+    link.symlink_to(Path("versions") / "model-v1.pt")
+    export(copy.deepcopy(models["direct"]), str(link), torch.float64)
+    assert link.is_symlink() and os.readlink(link) == os.path.join("versions", "model-v1.pt")
+    assert load_atomistic_model(str(target)) is not None
+    assert [p.name for p in versions.iterdir()] == ["model-v1.pt"]
+
+    # a dangling link is written through too: the target is created
+    dangling = tmp_path / "new.pt"
+    dangling.symlink_to(versions / "model-v2.pt")
+    from lorem_mta.files import write_bytes_atomically
+
+    write_bytes_atomically(str(dangling), b"model")
+    assert dangling.is_symlink() and (versions / "model-v2.pt").read_bytes() == b"model"
 
 
 # -- metatrain checkpoints -------------------------------------------------------------

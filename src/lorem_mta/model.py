@@ -45,7 +45,7 @@ from metatomic.torch import (
     System,
 )
 
-from .files import write_atomically
+from .files import write_saved_atomically
 from .modules import LoremBackbone
 from .modules.dipole import dipole_contributions
 from .modules.long_range import slab_axis
@@ -723,11 +723,14 @@ def export(
 def _atomic_save(
     model: AtomisticModel, path: str, collect_extensions: Optional[str] = None
 ) -> None:
-    """Save ``model`` to a temporary file next to ``path``, then rename it.
+    """Save ``model`` to memory, then write it to a temporary file and rename it.
 
     An existing file at ``path`` is only replaced by a complete model: if saving fails
-    (TorchScript error, full disk, interruption) it is left as it was.
+    (TorchScript error, full disk, interruption) it is left as it was, and a full disk
+    raises an ``OSError`` naming ``path`` instead of aborting the process (see
+    :py:func:`lorem_mta.files.write_saved_atomically`). A folder, device or FIFO at
+    ``path`` is refused; a symbolic link is written through.
     """
-    write_atomically(
-        path, lambda temporary: model.save(temporary, collect_extensions=collect_extensions)
+    write_saved_atomically(
+        path, lambda file: model.save(file, collect_extensions=collect_extensions)
     )
