@@ -1060,3 +1060,92 @@ def test_mtt_train_rejects_bad_structures(tmp_path, problem):
     assert message in result.stderr + result.stdout
     assert not (tmp_path / "model.pt").exists()
     assert not (tmp_path / "model.ckpt").exists()
+
+
+# -- non-finite parameters: refused at conversion, at load and at evaluation -----------
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_convert_jax_refuses_non_finite_parameters(tmp_path, capsys, value):
+    from lorem_mta.cli import main
+    from lorem_mta.convert import model_from_jax
+
+    with np.load(_parity_npz()) as data:
+        arrays = {key: data[key] for key in data.files}
+    name = "MLP_0/Dense_0/bias"
+    arrays["param/" + name] = arrays["param/" + name].copy()
+    arrays["param/" + name].reshape(-1)[1] = value
+    source = tmp_path / "params.npz"
+    np.savez(source, **arrays)
+    with pytest.raises(ValueError, match=f"NaN or infinite: '{name}' \\(1 of "):
+        model_from_jax(str(source))
+
+    output = tmp_path / "model.pt"
+    output.write_bytes(b"previous model")
+    assert main(["convert-jax", str(source), "-o", str(output)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: lorem-jax parameters are NaN or infinite: ")
+    assert name in err and "Traceback" not in err
+    assert output.read_bytes() == b"previous model"
+
+
+def test_checkpoint_with_non_finite_parameters_is_refused():
+    from lorem_mta.architecture import LoremMta, Trainer
+
+    name = f"model-v{LoremMta.__checkpoint_version__}_trainer-v{Trainer.__checkpoint_version__}"
+    for context, state in [
+        ("export", "best_model_state_dict"),
+        ("restart", "model_state_dict"),
+    ]:
+        checkpoint = _reference_checkpoint(name)
+        key = next(k for k in checkpoint[state] if k.startswith("lorem.") and "weight" in k)
+        checkpoint[state][key] = checkpoint[state][key].clone()
+        checkpoint[state][key].view(-1)[0] = float("nan")
+        which = "best" if context == "export" else "latest"
+        with pytest.raises(
+            ValueError,
+            match=f"the {which} model of this checkpoint .* NaN or infinite: '{key}'",
+        ):
+            LoremMta.load_checkpoint(checkpoint, context=context)
+
+
+def test_model_with_non_finite_parameters(models, tmp_path):
+    """Export refuses it; an exported file with a NaN parameter (a flipped bit) raises
+    at evaluation instead of returning NaN energies."""
+    model = copy.deepcopy(models["direct"])
+    parameter = next(p for n, p in model.named_parameters() if n.endswith("weight"))
+    with torch.no_grad():
+        parameter.view(-1)[0] = float("inf")
+    with pytest.raises(ValueError, match=r"this model has parameters that are NaN or infinite"):
+        export(model, str(tmp_path / "model.pt"), torch.float64)
+    assert not list(tmp_path.iterdir())
+
+    # a float64 value beyond the float32 range would become infinite in float32
+    model = copy.deepcopy(models["direct"])
+    parameter = next(p for n, p in model.named_parameters() if n.endswith("weight"))
+    with torch.no_grad():
+        parameter.view(-1)[0] = 1e300
+    with pytest.raises(ValueError, match=r"NaN or infinite: '.*weight' \(1 of"):
+        export(model, str(tmp_path / "model.pt"), torch.float32)
+
+    exported = load_atomistic_model(_exported_copy(models, tmp_path))
+    system = _molecule_system(models["direct"])
+    assert torch.isfinite(_evaluate(exported, [system]).block().values).all()
+    name, parameter = next(
+        (n, p) for n, p in exported.named_parameters() if "radial_coefficients.mlp" in n
+    )
+    with torch.no_grad():
+        parameter.view(-1)[0] = float("nan")
+    for check in [False, True]:
+        with pytest.raises(Exception, match="computed NaN or infinite energies for finite"):
+            _evaluate(exported, [system], check=check)
+    from lorem_mta.model import check_finite_parameters
+
+    with pytest.raises(ValueError, match=f"'{name}' \\(1 of"):
+        check_finite_parameters(exported.named_parameters(), "model.pt")
+
+
+def _exported_copy(models, tmp_path) -> str:
+    path = str(tmp_path / "exported.pt")
+    export(copy.deepcopy(models["direct"]), path, torch.float64)
+    return path

@@ -32,7 +32,7 @@ This is the only module that touches metatomic/metatensor objects. It
 """
 
 import math
-from typing import Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from metatensor.torch import Labels, TensorBlock, TensorMap
@@ -62,6 +62,35 @@ DIPOLE_UNIT = "e*angstrom"
 TOTAL_CHARGE = "charge"
 #: Born effective charges (models with ``bec=True``)
 BORN_CHARGES = "lorem::born_effective_charges"
+
+
+def check_finite_parameters(tensors: Iterable[Tuple[str, Any]], source: str) -> None:
+    """Refuse parameters (or buffers) that are NaN or infinite, naming them.
+
+    A model with one non-finite parameter gives NaN energies and forces for every
+    structure; this catches it where the model is read or written (lorem-jax conversion,
+    checkpoint loading, export) instead of at the first evaluation.
+
+    :param tensors: ``(name, tensor)`` pairs, e.g. ``module.named_parameters()`` or the
+        items of a state dict; tensors that are not floating point are skipped
+    :param source: what the tensors come from, for the message (``"the checkpoint
+        'model.ckpt'"``)
+    :raises ValueError: naming the first non-finite tensors and how many values of each
+        are not finite
+    """
+    bad = []
+    for name, tensor in tensors:
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            n_bad = int((~torch.isfinite(tensor.detach())).sum())
+            if n_bad:
+                bad.append(f"'{name}' ({n_bad} of {tensor.numel()} values)")
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise ValueError(
+            f"{source} has parameters that are NaN or infinite: {', '.join(bad[:3])}{more}. "
+            "Such a model gives NaN energies and forces: the file is damaged or the "
+            "training diverged"
+        )
 
 
 class LoremModel(torch.nn.Module):
@@ -278,6 +307,8 @@ class LoremModel(torch.nn.Module):
         results: Dict[str, TensorMap] = {}
         if "energy" in outputs:
             energies = output.energies + self.atomic_baseline.to(dtype)[types]
+            if not self.training:
+                self._check_finite_energies(energies)
             results["energy"] = self._scalar_output(
                 energies.unsqueeze(-1),
                 outputs["energy"],
@@ -453,6 +484,21 @@ class LoremModel(torch.nn.Module):
                     + " e): the energy of a charged slab depends on the neutralising "
                     "background and on the vacuum; charged slabs are not supported"
                 )
+
+    def _check_finite_energies(self, energies: torch.Tensor) -> None:
+        """Refuse non-finite energies of finite inputs: non-finite parameters.
+
+        The inputs were checked, so NaN energies come from the parameters (a damaged
+        model file). One ``isfinite`` over the atoms: nothing measurable next to the
+        model. Not in training mode, where the trainer handles divergence.
+        """
+        if not bool(torch.isfinite(energies.detach()).all()):
+            raise ValueError(
+                "the model computed NaN or infinite energies for finite inputs: its "
+                "parameters are probably not finite (a damaged model file, or a diverged "
+                "training); lorem_mta.model.check_finite_parameters(model."
+                "named_parameters(), 'model') names them"
+            )
 
     def _total_charges(
         self, systems: List[System], dtype: torch.dtype, device: torch.device
@@ -696,6 +742,8 @@ def atomistic_model(
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
     model = model.to(dtype).eval()
+    # after the cast: a float64 value beyond the float32 range becomes infinite
+    check_finite_parameters(model.state_dict().items(), "this model")
     return AtomisticModel(model, metadata or default_metadata(), capabilities(model, dtype))
 
 

@@ -49,7 +49,13 @@ from metatrain.utils.hypers import init_with_defaults, raise_if_hypers_mismatch
 from metatrain.utils.metadata import merge_metadata
 
 from ..documentation import ModelHypers
-from ..model import DIPOLE, LoremModel, capabilities, default_metadata
+from ..model import (
+    DIPOLE,
+    LoremModel,
+    capabilities,
+    check_finite_parameters,
+    default_metadata,
+)
 from ..modules import LoremBackbone
 from . import checkpoints
 
@@ -343,6 +349,10 @@ class LoremMta(ModelInterface[ModelHypers]):
                 state_dict = checkpoint["model_state_dict"]
         else:
             raise ValueError(f"unknown context '{context}' for checkpoint loading")
+        which = "latest" if context == "restart" else "best"
+        check_finite_parameters(
+            state_dict.items(), f"the {which} model of this checkpoint ({context})"
+        )
 
         model_data = checkpoint["model_data"]
         model = cls(model_data["model_hypers"], model_data["dataset_info"])
@@ -402,6 +412,7 @@ class LoremMta(ModelInterface[ModelHypers]):
         if dtype not in self.__supported_dtypes__:
             raise ValueError(f"LOREM can not be exported in {dtype}")
         self.to(dtype)
+        check_finite_parameters(self.state_dict().items(), "this model")
         # the TensorMaps of the composition model are not registered buffers
         self.additive_models[0].weights_to(torch.device("cpu"), torch.float64)
 
