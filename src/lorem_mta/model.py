@@ -25,13 +25,15 @@ This is the only module that touches metatomic/metatensor objects. It
   input (unit ``e``, metatomic's standard name: metatomic-ase fills it from
   ``atoms.info["charge"]``, metatrain from the ``extra_data: charge`` section of the
   options) and passes it to the backbone; systems without it are taken as neutral
-  (``Q = 0``), the documented default for engines that provide no such input (LAMMPS);
+  (``Q = 0``), the documented default for engines that provide no such input (LAMMPS),
+  with a warning (once per model) naming the ways to provide it;
 * returns ``lorem::dipole``, the dipole moment of every molecule from the scalar latent
   charges (and optional atomic dipoles), see :py:mod:`lorem_mta.modules.dipole`;
   periodic systems are refused for this output.
 """
 
 import math
+import warnings
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
@@ -118,6 +120,8 @@ class LoremModel(torch.nn.Module):
         self.cutoff = float(backbone.cutoff)
         self.has_long_range = backbone.long_range is not None
         self.total_charge = bool(backbone.total_charge)
+        # a missing total charge is warned about once per model (and exported model)
+        self.warned_missing_charge = False
         self.neutral_charges = bool(backbone.neutral_charges)
         baseline = torch.zeros(100, dtype=torch.float64)
         for atomic_type, energy in (atomic_baseline or {}).items():
@@ -521,6 +525,20 @@ class LoremModel(torch.nn.Module):
                     raise ValueError("the total charge of system " + str(k) + " is not finite")
                 values.append(charge)
             else:
+                if not self.warned_missing_charge:
+                    warnings.warn(
+                        "this model was trained with the total charge as input "
+                        "(total_charge: true), but system "
+                        + str(k)
+                        + " has no 'charge' data: it is taken as neutral (Q = 0), "
+                        "which is wrong for a charged system. Give the charge with "
+                        "atoms.info['charge'] in ASE (metatomic-ase) or an "
+                        "'extra_data: charge' section in the options of mtt eval; "
+                        "LAMMPS provides none (neutral systems only). This warning is "
+                        "shown once",
+                        stacklevel=2,
+                    )
+                    self.warned_missing_charge = True
                 values.append(torch.zeros(1, dtype=dtype, device=device))
         return torch.cat(values)
 
@@ -742,6 +760,7 @@ def atomistic_model(
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
     model = model.to(dtype).eval()
+    model.warned_missing_charge = False  # warn again in the exported model
     # after the cast: a float64 value beyond the float32 range becomes infinite
     check_finite_parameters(model.state_dict().items(), "this model")
     return AtomisticModel(model, metadata or default_metadata(), capabilities(model, dtype))

@@ -413,6 +413,7 @@ class LoremMta(ModelInterface[ModelHypers]):
             raise ValueError(f"LOREM can not be exported in {dtype}")
         self.to(dtype)
         check_finite_parameters(self.state_dict().items(), "this model")
+        self.lorem.warned_missing_charge = False  # warn again in the exported model
         # the TensorMaps of the composition model are not registered buffers
         self.additive_models[0].weights_to(torch.device("cpu"), torch.float64)
 
