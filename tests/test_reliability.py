@@ -1149,3 +1149,28 @@ def _exported_copy(models, tmp_path) -> str:
     path = str(tmp_path / "exported.pt")
     export(copy.deepcopy(models["direct"]), path, torch.float64)
     return path
+
+
+# -- clear errors ----------------------------------------------------------------------
+
+
+def test_dtype_mismatch_names_both_dtypes(models, tmp_path):
+    """A float32 model fed float64 systems (consistency checks off): both dtypes named,
+    instead of ``double != float`` deep in the network."""
+    model = copy.deepcopy(models["direct"]).to(torch.float32)
+    path = str(tmp_path / "model32.pt")
+    export(copy.deepcopy(model), path, torch.float32)
+    exported = load_atomistic_model(path)
+    system = _molecule_system(models["direct"])  # float64
+    assert system.positions.dtype == torch.float64
+    message = (
+        r"system 0 is in float64 but this model runs in float32: convert the systems "
+        r"\(system.to\(dtype=...\)\) or export the model in float64"
+    )
+    with pytest.raises(ValueError, match=message):
+        _evaluate(model, [system])
+    with pytest.raises(torch.jit.Error, match=message):
+        _evaluate(exported, [system], check=False)
+    # in float32 it runs
+    energy = _evaluate(exported, [system.to(dtype=torch.float32)], check=True)
+    assert torch.isfinite(energy.block().values).all()

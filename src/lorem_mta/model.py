@@ -235,6 +235,7 @@ class LoremModel(torch.nn.Module):
             return {}
         device = systems[0].positions.device
         dtype = systems[0].positions.dtype
+        self._check_dtypes(systems)
 
         types_list: List[torch.Tensor] = []
         positions_list: List[torch.Tensor] = []
@@ -489,6 +490,22 @@ class LoremModel(torch.nn.Module):
                     "background and on the vacuum; charged slabs are not supported"
                 )
 
+    def _check_dtypes(self, systems: List[System]) -> None:
+        """Refuse systems whose dtype is not the model's, naming both."""
+        expected = self.backbone.embedding.embedding.weight.dtype
+        for k, system in enumerate(systems):
+            if system.positions.dtype != expected:
+                raise ValueError(
+                    "system "
+                    + str(k)
+                    + " is in "
+                    + _dtype_name(system.positions.dtype)
+                    + " but this model runs in "
+                    + _dtype_name(expected)
+                    + ": convert the systems (system.to(dtype=...)) or export the model "
+                    "in " + _dtype_name(system.positions.dtype)
+                )
+
     def _check_finite_energies(self, energies: torch.Tensor) -> None:
         """Refuse non-finite energies of finite inputs: non-finite parameters.
 
@@ -699,6 +716,16 @@ def _format_length(value: float) -> str:
     if decimals == "":
         decimals = "0"
     return str(micro // 1000000) + "." + decimals
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    if dtype == torch.float64:
+        return "float64"
+    if dtype == torch.float32:
+        return "float32"
+    if dtype == torch.float16:
+        return "float16"
+    return "another dtype than float32 or float64"
 
 
 def capabilities(model: LoremModel, dtype: torch.dtype) -> ModelCapabilities:
