@@ -1174,3 +1174,29 @@ def test_dtype_mismatch_names_both_dtypes(models, tmp_path):
     # in float32 it runs
     energy = _evaluate(exported, [system.to(dtype=torch.float32)], check=True)
     assert torch.isfinite(energy.block().values).all()
+
+
+# the reference checkpoint was written from a dataset without a length unit
+@pytest.mark.filterwarnings("ignore:No length unit")
+def test_mtt_export_save_is_atomic(tmp_path, monkeypatch):
+    """``mtt export`` saves the model that ``LoremMta.export`` returns: a full disk raises
+    and keeps the previous file (metatomic's own save truncated it)."""
+    from metatomic.torch import is_atomistic_model
+
+    from lorem_mta.architecture import LoremMta, Trainer
+
+    name = f"model-v{LoremMta.__checkpoint_version__}_trainer-v{Trainer.__checkpoint_version__}"
+    model = LoremMta.load_checkpoint(_reference_checkpoint(name), context="export").export()
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"previous model")
+    with monkeypatch.context() as patch:
+        _fill_disk(patch)
+        with pytest.raises(OSError, match=r"could not write '.*model\.pt': No space left"):
+            model.save(str(path))
+    assert path.read_bytes() == b"previous model"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+    model.save(path)
+    assert is_atomistic_model(load_atomistic_model(str(path)))
+    # the saved class is metatomic's (engines and is_atomistic_model check the name)
+    assert torch.jit.load(str(path)).original_name == "AtomisticModel"

@@ -33,6 +33,7 @@ This is the only module that touches metatomic/metatensor objects. It
 """
 
 import math
+import os
 import warnings
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
@@ -825,6 +826,32 @@ def _atomic_save(
     :py:func:`lorem_mta.files.write_saved_atomically`). A folder, device or FIFO at
     ``path`` is refused; a symbolic link is written through.
     """
+    # the class's save: an instance may carry this function as its save (save_atomically)
     write_saved_atomically(
-        path, lambda file: model.save(file, collect_extensions=collect_extensions)
+        str(path),
+        lambda file: AtomisticModel.save(model, file, collect_extensions=collect_extensions),
     )
+
+
+def save_atomically(model: AtomisticModel) -> AtomisticModel:
+    """Make ``model.save(path)`` write atomically, as :py:func:`export` does.
+
+    metatrain's ``mtt export`` calls ``save`` on the model that ``LoremMta.export``
+    returns; with this, a full disk raises an ``OSError`` and leaves an existing file
+    intact instead of truncating it.
+
+    :param model: the atomistic model
+    :return: the same model
+    """
+
+    def save(file, collect_extensions: Optional[str] = None) -> None:
+        # metatomic's save writes to str(file) in any case
+        _atomic_save(
+            model,
+            os.fspath(file) if isinstance(file, os.PathLike) else str(file),
+            collect_extensions,
+        )
+
+    # an instance attribute: TorchScript ignores it, the saved class stays AtomisticModel
+    object.__setattr__(model, "save", save)
+    return model

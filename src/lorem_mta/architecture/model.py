@@ -55,6 +55,7 @@ from ..model import (
     capabilities,
     check_finite_parameters,
     default_metadata,
+    save_atomically,
 )
 from ..modules import LoremBackbone
 from . import checkpoints
@@ -425,8 +426,11 @@ class LoremMta(ModelInterface[ModelHypers]):
             supported_devices=self.__supported_devices__,
             dtype=dtype_to_str(dtype),
         )
-        return AtomisticModel(
-            self.eval(), merge_metadata(self.metadata, metadata), model_capabilities
+        # mtt export calls save(): write it atomically (see lorem_mta.files)
+        return save_atomically(
+            AtomisticModel(
+                self.eval(), merge_metadata(self.metadata, metadata), model_capabilities
+            )
         )
 
 
