@@ -26,6 +26,16 @@ Usage (from the repository root)::
     OMP_NUM_THREADS=2 nice -n 10 .venv/bin/python benchmarks/accuracy.py \\
         --dataset cumulene --epochs 60 --seeds 0,1
 
+Equal compute instead of equal epochs (``--cpu-budget``): lorem_mta stops at the CPU-time
+budget (``time_budget_clock: cpu``, the schedule follows the budget), lorem-jax trains
+for the number of epochs that its per-epoch CPU time (``training_epoch.py --jax``) fits
+in the same budget; ``train_cpu_s`` in the results is the CPU time each run really used::
+
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/accuracy.py \\
+        --dataset cumulene --n-train 600 --n-val 100 --n-test 100 --batch-size 8 \\
+        --threads 1 --cpu-budget 600 --epochs 100000 --decay-start-epoch 10 \\
+        --jax-epochs 600 --seeds 0,1 --tag cumulene-600cpu
+
 Results go to ``benchmarks/results/accuracy.json`` (merged per data set, so the data
 sets can be run one after the other), split indices to
 ``benchmarks/results/accuracy_split_<dataset>.json``; training runs to ``--workdir``
@@ -38,6 +48,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -171,6 +182,11 @@ def mtt_options(args: argparse.Namespace, lr: bool, seed: int) -> dict:
             "training": {
                 "batch_size": args.batch_size,
                 "num_epochs": args.epochs,
+                **(
+                    {"time_budget": args.cpu_budget, "time_budget_clock": "cpu"}
+                    if args.cpu_budget
+                    else {}
+                ),
                 "learning_rate": args.learning_rate,
                 "final_learning_rate": 1e-6,
                 "scheduler": "linear_decay",
@@ -199,7 +215,7 @@ def jax_config(args: argparse.Namespace, seed: int) -> dict:
             "optimizer": "adam",
             "start_learning_rate": args.learning_rate,
             "min_learning_rate": 1e-6,
-            "max_epochs": args.epochs,
+            "max_epochs": args.jax_epochs or args.epochs,
             "valid_every_epoch": 1,
             "start_decay_after": args.decay_start_epoch,
             "decay_style": "linear",
@@ -211,15 +227,28 @@ def jax_config(args: argparse.Namespace, seed: int) -> dict:
     }
 
 
+#: CPU seconds (user + system) of every command of :py:func:`run`, in order
+CPU_TIMES: list = []
+
+
+def children_cpu() -> float:
+    """CPU seconds used so far by the finished child processes of this one."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run(command: list, cwd: Path, log: Path) -> float:
-    """Run ``command`` with its output in ``log``; return the wall time."""
+    """Run ``command`` with its output in ``log``; return the wall time.
+
+    The CPU time of the command (its process tree) is appended to ``CPU_TIMES``."""
     print("$ " + " ".join(str(c) for c in command), flush=True)
-    start = time.monotonic()
+    start, cpu_start = time.monotonic(), children_cpu()
     with open(log, "w") as file:
         result = subprocess.run(
             [str(c) for c in command], cwd=cwd, stdout=file, stderr=subprocess.STDOUT
         )
     elapsed = time.monotonic() - start
+    CPU_TIMES.append(children_cpu() - cpu_start)
     if result.returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-30:])
         raise RuntimeError(f"command failed ({result.returncode}), {log}:\n{tail}")
@@ -257,6 +286,7 @@ def train(model: str, seed: int, args: argparse.Namespace, data_dir: Path) -> di
         return {
             "model_pt": folder / "model.pt",
             "train_wall_s": wall,
+            "train_cpu_s": CPU_TIMES[-1],
             "train_loop_wall_s": mtt_loop_time(folder / "train.log"),
         }
 
@@ -279,6 +309,7 @@ def train(model: str, seed: int, args: argparse.Namespace, data_dir: Path) -> di
         folder / "driver.log",
     )
     train_wall = json.loads((folder / "timing.json").read_text())["train_wall_s"]
+    train_cpu = CPU_TIMES[-1]  # data preparation, compilation and training
     # lorem-train's own timing of its training loop (after start-up, before wrap-up)
     loop = re.search(r"\U0001f684\s+\S+\s+\(([0-9.]+)s\)", (folder / "train.log").read_text())
     convert_wall = run(
@@ -298,6 +329,7 @@ def train(model: str, seed: int, args: argparse.Namespace, data_dir: Path) -> di
         "model_pt": folder / "model.pt",
         "train_wall_s": train_wall,
         "prepare_and_train_wall_s": wall,
+        "prepare_and_train_cpu_s": train_cpu,
         "train_loop_wall_s": float(loop.group(1)) if loop else None,
         "convert_wall_s": convert_wall,
     }
@@ -574,6 +606,21 @@ def main() -> None:
         type=int,
         default=None,
         help="training frames (cumulene: scan frames added to the 21)",
+    )
+    parser.add_argument(
+        "--cpu-budget",
+        type=float,
+        default=None,
+        help="equal compute instead of equal epochs: lorem_mta trains with "
+        "`time_budget` of this many CPU seconds (`--epochs` is then an upper limit); "
+        "lorem-jax, which has no such option, trains for --jax-epochs epochs",
+    )
+    parser.add_argument(
+        "--jax-epochs",
+        type=int,
+        default=None,
+        help="epochs of lorem-jax (default --epochs); with --cpu-budget, the budget "
+        "divided by lorem-jax's CPU seconds per epoch (benchmarks/training_epoch.py --jax)",
     )
     parser.add_argument("--n-val", type=int, default=None)
     parser.add_argument("--n-test", type=int, default=None)

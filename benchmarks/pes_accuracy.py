@@ -74,7 +74,7 @@ def write_split(dataset: str, folder: Path) -> None:
     ase.io.write(folder / "validation.xyz", [frames[i] for i in order[n_train:]])
 
 
-def options(model: dict, epochs: int, batch_size: int) -> dict:
+def options(model: dict, epochs: int, batch_size: int, seed: int) -> dict:
     def dataset(name: str) -> dict:
         return {
             "systems": {"read_from": name, "length_unit": "angstrom"},
@@ -82,7 +82,7 @@ def options(model: dict, epochs: int, batch_size: int) -> dict:
         }
 
     return {
-        "seed": 0,
+        "seed": seed,
         "base_precision": 32,
         "final_eval": False,
         "architecture": {
@@ -165,16 +165,18 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workdir", default="outputs/pes_accuracy")
     parser.add_argument("--forms", default=",".join(FORMS))
+    parser.add_argument("--seed", type=int, default=0, help="training seed (same split)")
     args = parser.parse_args()
 
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    key = f"{args.dataset}-{args.size}"
+    key = f"{args.dataset}-{args.size}" + (f"-seed{args.seed}" if args.seed else "")
     entry = results.setdefault(key, {})
     entry["settings"] = {
         "model": SIZES[args.size],
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "split": f"default_rng(0).permutation, {DATASETS[args.dataset][1]} train",
+        "seed": args.seed,
     }
     for form in args.forms.split(","):
         folder = Path(args.workdir) / key / form.replace(" ", "_")
@@ -182,7 +184,7 @@ def main() -> None:
         write_split(args.dataset, folder)
         model = {**SIZES[args.size], **FORMS[form]}
         (folder / "options.yaml").write_text(
-            yaml.safe_dump(options(model, args.epochs, args.batch_size))
+            yaml.safe_dump(options(model, args.epochs, args.batch_size, args.seed))
         )
         start, cpu = time.monotonic(), os.times()
         if not (folder / "model.ckpt").exists():

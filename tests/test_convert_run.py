@@ -73,6 +73,8 @@ def cli_results(tmp_path_factory):
             str(tmp / "model.pt"),
             "--dtype",
             "float64",
+            "--long-range-method",
+            "ewald",  # lorem-jax's exact reference sum
         ],
         capture_output=True,
         text=True,
@@ -115,7 +117,11 @@ def test_cli_matches_lorem_jax_calculator(cli_results):
 def test_python_api(tmp_path, cli_results):
     """``convert_jax`` on the checkpoint folder (what ``from_checkpoint`` takes)."""
     convert_jax(
-        str(CHECKPOINT), str(tmp_path / "model.pt"), torch.float64, extensions=str(tmp_path)
+        str(CHECKPOINT),
+        str(tmp_path / "model.pt"),
+        torch.float64,
+        extensions=str(tmp_path),
+        long_range_method="ewald",
     )
     indices = [0, N_STRUCTURES - 1]
     results = _evaluate(tmp_path / "model.pt", tmp_path, indices)

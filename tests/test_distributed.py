@@ -23,8 +23,11 @@ def free_port():
 
 def test_two_cpu_processes(tmp_path):
     shutil.copy(DATASET, tmp_path / "train.xyz")
+    # with a time budget shorter than an epoch: the ranks must agree to stop after one
     training = f"distributed: true\ndistributed_port: {free_port()}\n"
+    training += "time_budget: 0.001\ntime_budget_clock: cpu\nnum_epochs: 3\n"
     text = options(training=training).replace("seed: 42", "seed: 42\ndevice: cpu")
+    text = text.replace("    num_epochs: 1\n", "")
     (tmp_path / "options.yaml").write_text(text)
 
     processes = []
@@ -57,7 +60,9 @@ def test_two_cpu_processes(tmp_path):
     assert "validation energy RMSE" in logs[0]
     assert "validation energy RMSE" not in logs[1]
     assert "Final checkpoint" not in logs[1]
+    assert "Stopping after epoch 1 of 3" in logs[0]
     checkpoint = torch.load(tmp_path / "model.ckpt", weights_only=False)
+    assert checkpoint["epoch"] == 0
     assert checkpoint["architecture_name"] == "experimental.lorem_mta"
     assert all(torch.isfinite(v).all() for v in checkpoint["model_state_dict"].values())
     assert (tmp_path / "model.pt").exists()

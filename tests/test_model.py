@@ -4,6 +4,7 @@ import copy
 import math
 
 import ase
+import ase.build
 import numpy as np
 import pytest
 import torch
@@ -367,10 +368,16 @@ def test_float32_agrees_with_float64(variant, structure):
 
 
 def test_huge_periodic_cell_gives_a_clear_error():
-    """A molecule in a 200 A periodic box would need ~30 million k-vectors (OOM)."""
-    model = make_model(max_degree_lr=1)
-    atoms = ase.Atoms("NaCl", positions=[[0, 0, 0], [2.5, 0, 0]], cell=[200] * 3, pbc=True)
-    with pytest.raises(ValueError, match="too large for the long-range sum"):
+    """A cluster in a 200 A periodic box: the reference Ewald sum needs ~30 million
+    k-vectors times 16 atoms (~34 GB) and is refused; ``auto`` takes the direct sum."""
+    model = make_model(max_degree_lr=1, long_range_method="ewald")
+    atoms = ase.build.bulk("NaCl", "rocksalt", a=5.64, cubic=True).repeat((2, 1, 1))
+    atoms.set_cell([200] * 3)
+    atoms.pbc = True
+    with pytest.raises(ValueError, match="would need about .* long_range_method='auto'"):
         predict(model, [atoms])
-    atoms.pbc = False  # the advice in the message works
-    assert np.isfinite(predict(model, [atoms]).energies[0].item())
+    pbc_false = atoms.copy()
+    pbc_false.pbc = False  # the advice in the message works
+    assert np.isfinite(predict(model, [pbc_false]).energies[0].item())
+    auto = make_model(max_degree_lr=1, long_range_method="auto")
+    assert np.isfinite(predict(auto, [atoms]).energies[0].item())

@@ -150,6 +150,29 @@ def test_restart_one_more_epoch(trained, tmp_path):
     assert (directory / "restarted.pt").exists()
 
 
+def test_time_budget_ends_training_early(tmp_path):
+    """A budget shorter than one epoch: one epoch runs, the log says why it stopped, and
+    the best checkpoint of that epoch is exported."""
+    shutil.copy(DATASET, tmp_path / "train.xyz")
+    training = "time_budget: 0.001\ntime_budget_clock: cpu\nnum_epochs: 5\n"
+    (tmp_path / "options.yaml").write_text(
+        options(training=training).replace("    num_epochs: 1\n", "")
+    )
+    result = run(["mtt", "train", "options.yaml"], tmp_path)
+    log = result.stderr + result.stdout
+    assert "Stopping after epoch 1 of 5: another epoch" in log
+    assert "cpu-clock budget used); the best model, from epoch 1, is the one exported" in log
+    assert "Epoch:    1" not in log
+
+    import metatomic.torch  # noqa: F401
+    import torch
+
+    checkpoint = torch.load(tmp_path / "model.ckpt", weights_only=False)
+    assert checkpoint["epoch"] == 0 and checkpoint["best_epoch"] == 0
+    assert checkpoint["best_model_state_dict"] is not None
+    assert (tmp_path / "model.pt").exists()
+
+
 def _checkpoints(directory):
     """Intermediate checkpoints ``outputs/<date>/<time>/model_<epoch>.ckpt``, by epoch."""
     found = list(Path(directory).glob("outputs/*/*/model_*.ckpt"))

@@ -220,6 +220,8 @@ def test_convert_jax_cli(tmp_path):
             "float64",
             "--types",
             "1,6,8,11,17",
+            "--long-range-method",
+            "ewald",  # the exact reference
         ],
         check=True,
         capture_output=True,

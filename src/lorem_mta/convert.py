@@ -440,6 +440,9 @@ def convert_jax(
     atomic_types: Optional[List[int]] = None,
     extensions: Optional[str] = None,
     checkpoint: Optional[str] = None,
+    long_range_method: str = "auto",
+    long_range_accuracy: Optional[float] = None,
+    memory_limit_gb: Optional[float] = None,
 ) -> None:
     """Convert lorem-jax parameters into an exported metatomic model.
 
@@ -451,8 +454,25 @@ def convert_jax(
         run's baseline, 1-99 for a ``.npz``)
     :param extensions: folder for the compiled extensions the model needs
     :param checkpoint: checkpoint name for a ``run/`` or experiment folder
+    :param long_range_method: ``"auto"`` (cost-based choice per structure), ``"ewald"``
+        (lorem-jax's exact reference sum), ``"pme"`` or ``"direct"``
+    :param long_range_accuracy: target accuracy, ``None`` for the reference settings
+    :param memory_limit_gb: memory limit of the long-range sum of one structure (GiB)
     """
     from .model import export
+    from .model_files import hypers_json, set_long_range
 
     model = model_from_jax(path, atomic_types, torch.float64, checkpoint)
+    if model.has_long_range:
+        set_long_range(model, long_range_method, long_range_accuracy, memory_limit_gb)
+    _, hypers, _ = read_jax(path, checkpoint)
+    stored = {
+        **_with_defaults(hypers),
+        **backbone_hypers(hypers),
+        "converted_from": "lorem-jax",
+    }
+    if model.has_long_range:
+        stored["long_range_method"] = long_range_method
+        stored["long_range_accuracy"] = long_range_accuracy
+    model.hypers_json = hypers_json(stored)
     export(model, output, dtype, collect_extensions=extensions)

@@ -246,19 +246,28 @@ class ModelHypers(TypedDict):
     dipole, ``1/L**3``. The projection commutes with rotations and adds no parameters.
     Models converted from lorem-jax use ``false``."""
 
-    long_range_method: Literal["ewald", "pme", "auto"] = "ewald"
-    """How the Coulomb potentials of periodic structures are computed: ``"ewald"``
-    (exact to the Ewald parameters, O(N**2) with the number of atoms, what the paper
-    trains with), ``"pme"`` (particle-mesh Ewald, about linear scaling and faster from a
-    few hundred atoms on, relative error around 1e-5) or ``"auto"`` (Ewald below 200 atoms,
-    PME above). Molecules always use a direct sum. The choice changes only how the
-    same potentials are evaluated, so a model trained with one can be run with
-    another."""
+    long_range_method: Literal["auto", "ewald", "pme", "direct"] = "auto"
+    """How the Coulomb potentials of periodic structures are computed. ``"auto"`` (the
+    default) estimates, for every structure, the time and memory of each method and takes
+    the fastest that fits the memory: PME for dense cells from ~64 atoms on, ``"direct"``
+    for molecules and clusters in large boxes. ``"ewald"`` is the exact lorem-jax
+    reference (what the paper trains with; time and memory grow as the number of
+    k-vectors times the number of atoms, i.e. with the volume times the atoms);
+    ``"pme"`` is particle-mesh Ewald (about linear scaling, relative error ~1e-5);
+    ``"direct"`` sums explicit pairs of atoms and periodic images with a wider Gaussian
+    smearing (cheap for a few atoms in a big box, quadratic in the atoms). Molecules
+    (``pbc=False``) always use the all-pairs sum. All methods evaluate the same
+    potentials, so this can be changed after training without retraining: ``lorem-mta
+    export MODEL -o NEW.pt --long-range-method ewald``, or in the options of a
+    fine-tuning run."""
 
     long_range_accuracy: Optional[float] = None
-    """Target accuracy of the reciprocal-space Ewald sum, between 0 and 1. ``None``
-    keeps lorem-jax's settings (wavelength ``cutoff / 8``, converged to ~1e-9); 1e-5 to
-    1e-6 uses fewer k-vectors and makes large periodic cells noticeably cheaper."""
+    """Target accuracy of the long-range sum, between 0 and 1 (about the relative error
+    of the potentials). ``None`` keeps lorem-jax's reference k-vectors with ``"ewald"``
+    (wavelength ``cutoff / 8``, converged to ~1e-9) and means 1e-5 for the other methods;
+    tighter values make ``"ewald"`` and ``"direct"`` more expensive, and ``"auto"`` only
+    considers PME for 1e-5 or looser. Can be changed after training like
+    ``long_range_method`` (``--long-range-accuracy``)."""
 
     cutoff_fn: Literal["cosine_cutoff"] = "cosine_cutoff"
     """Smooth cutoff function of the radial basis (the only choice in LOREM)."""
@@ -387,6 +396,35 @@ class TrainerHypers(TypedDict):
 
     num_workers: Optional[int] = None
     """Number of worker processes for data loading; chosen automatically if not set."""
+
+    time_budget: Optional[float] = None
+    """Stop training when this many seconds are used up (``time_budget_clock``), even
+    before ``num_epochs``. The clock starts with the trainer (fitting the baseline and
+    preparing the data count); after every epoch, training stops if one more epoch, as
+    long as the last one, would overrun the budget, and the log says so. The
+    learning-rate schedule then spans the epochs that fit in the budget instead of
+    ``num_epochs`` (re-estimated after every epoch from the mean epoch time), so that
+    ``linear_decay`` and ``cosine`` reach ``final_learning_rate`` at the end of the
+    budget (the linear decay starts at ``decay_start_epoch`` or half-way through the
+    epochs that fit, whichever comes first). The model with the best validation metric among the
+    epochs that ran is exported, as usual. Saving, exporting and evaluating the model
+    at the end of ``mtt train`` come on top of the budget."""
+
+    time_budget_clock: Literal["wall", "cpu"] = "wall"
+    """The clock of ``time_budget``: ``"wall"`` for elapsed real time (a job's time
+    limit on a cluster), ``"cpu"`` for the CPU time of the training process (all of its
+    threads; data-loader worker processes are not counted), which is what a shared
+    machine charges and what stays comparable when other jobs run on the same cores."""
+
+    cache_neighbor_lists: bool = True
+    """Compute the neighbour lists of all structures once, before the first epoch, and
+    keep them in memory with the targets (composition baseline and scale removed),
+    instead of recomputing them for every batch of every epoch. The results are the
+    same; it saves a large part of an epoch for small models and costs memory of the
+    order of the neighbour lists (30-45 bytes per pair, about 2 kB per atom of a dense
+    solid at a 5 Å cutoff). Set it to ``false`` for data sets that barely fit in
+    memory. Data sets read from disk on demand (``.zip`` or memory-mapped folders) are
+    never cached."""
 
     log_mae: bool = False
     """Log mean absolute errors alongside root mean squared errors."""

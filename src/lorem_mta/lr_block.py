@@ -60,8 +60,10 @@ class LongRangeBlock(torch.nn.Module):
     :param num_spherical_features: number ``s`` of spherical channels per degree
     :param max_degree_lr: largest degree ``L_lr`` of the equivariant charges (at most
         ``2 L``, LOREM uses 2)
-    :param method: ``"ewald"``, ``"pme"`` or ``"auto"`` for periodic systems
-    :param accuracy: reciprocal-space accuracy, ``None`` for LOREM's reference settings
+    :param method: ``"ewald"`` (the reference), ``"pme"``, ``"direct"`` or ``"auto"``
+        (cheapest estimate per structure, see :py:mod:`lorem_mta.modules.lr_cost`) for
+        periodic systems
+    :param accuracy: long-range accuracy, ``None`` for LOREM's reference settings
     :param norm_smoothing: ``epsilon`` of the smooth norms of the mixing (``0``: exact
         norm, see :py:mod:`lorem_mta.modules.spherical`)
     :param neutral_charges: remove the per-system mean of every charge channel, see

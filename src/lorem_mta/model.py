@@ -139,6 +139,8 @@ class LoremModel(torch.nn.Module):
         # uniform electric field (V/A, i.e. e * field in eV/A per e) acting through the
         # Born effective charges; not part of the state dict
         self.register_buffer("electric_field", torch.zeros(3), persistent=False)
+        # hyperparameters as JSON, for `lorem-mta info` (set by the exporters)
+        self.hypers_json = ""
         self.max_degree_lr = 0
         if self.has_long_range:
             self.max_degree_lr = int(math.isqrt(backbone.num_charge_channels - 1)) - 1

@@ -25,9 +25,10 @@ and a reference checkpoint of every version is kept in ``tests/checkpoints/`` so
 upgrade path stays tested (metatrain's ``CheckpointTests``).
 
 History: model version 2 drops two index buffers of the Clebsch-Gordan tensor products
-(``column_path`` and ``column_out``) that the contraction no longer uses; version 3 stores
-``norm_smoothing`` and ``neutral_charges`` (older models: exact norm, charges as they
-come); the trainer is at version 1.
+(``column_path`` and ``column_out``) that the contraction no longer uses; model version 3
+stores ``norm_smoothing`` and ``neutral_charges`` (older models: exact norm, charges as
+they come); trainer version 2 adds the ``time_budget``, ``time_budget_clock`` and
+``cache_neighbor_lists`` options.
 """
 
 from typing import Any, Dict
@@ -58,6 +59,17 @@ def model_update_v2_v3(checkpoint: Dict[str, Any]) -> None:
     hypers = checkpoint["model_data"]["model_hypers"]
     hypers.setdefault("norm_smoothing", 0.0)
     hypers.setdefault("neutral_charges", False)
+
+
+def trainer_update_v1_v2(checkpoint: Dict[str, Any]) -> None:
+    """Add the time-budget and data-preparation options with their defaults.
+
+    :param checkpoint: the checkpoint dictionary, modified in place
+    """
+    hypers = checkpoint["train_hypers"]
+    hypers.setdefault("time_budget", None)
+    hypers.setdefault("time_budget_clock", "wall")
+    hypers.setdefault("cache_neighbor_lists", True)
 
 
 def upgrade(checkpoint: Dict[str, Any], kind: str, current: int) -> Dict[str, Any]:

@@ -57,7 +57,9 @@ from ..model import (
     default_metadata,
     save_atomically,
 )
+from ..model_files import LONG_RANGE_SETTINGS, hypers_json, set_long_range
 from ..modules import LoremBackbone
+from ..modules.lr_cost import METHODS as LONG_RANGE_METHODS
 from . import checkpoints
 
 #: name of the architecture in metatrain (options files and checkpoints)
@@ -278,6 +280,15 @@ class LoremMta(ModelInterface[ModelHypers]):
         :return: this model
         """
         if model_hypers is not None:
+            # how the long-range sum is evaluated changes no parameter: take the new
+            # settings, compare the rest
+            if any(name in model_hypers for name in LONG_RANGE_SETTINGS):
+                self.set_long_range(
+                    str(
+                        model_hypers.get("long_range_method", self.hypers["long_range_method"])
+                    ),
+                    model_hypers.get("long_range_accuracy", self.hypers["long_range_accuracy"]),
+                )
             raise_if_hypers_mismatch(
                 self.hypers,
                 model_hypers,
@@ -326,6 +337,23 @@ class LoremMta(ModelInterface[ModelHypers]):
         )
         self.scaler = self.scaler.restart(dataset_info)
         return self
+
+    def set_long_range(self, method: str, accuracy: Optional[float]) -> None:
+        """Change how the long-range sum is evaluated (no parameter changes).
+
+        :param method: ``"auto"``, ``"ewald"``, ``"pme"`` or ``"direct"``
+        :param accuracy: target accuracy, ``None`` for the reference settings
+        """
+        if self.hypers["lr"]:
+            set_long_range(self, method, None if accuracy is None else float(accuracy))
+        old = {name: self.hypers[name] for name in LONG_RANGE_SETTINGS}
+        self.hypers["long_range_method"] = method
+        self.hypers["long_range_accuracy"] = accuracy
+        if old != {name: self.hypers[name] for name in LONG_RANGE_SETTINGS}:
+            logging.info(
+                f"long-range settings changed from {old} to method={method}, "
+                f"accuracy={accuracy}"
+            )
 
     @classmethod
     def load_checkpoint(
@@ -410,6 +438,7 @@ class LoremMta(ModelInterface[ModelHypers]):
         :return: the atomistic model, in eval mode
         """
         dtype = next(self.lorem.parameters()).dtype
+        self.lorem.hypers_json = hypers_json(self.hypers)
         if dtype not in self.__supported_dtypes__:
             raise ValueError(f"LOREM can not be exported in {dtype}")
         self.to(dtype)
@@ -534,9 +563,9 @@ def _check_hypers(hypers: Dict[str, Any]) -> None:
     for name in ["max_degree", "max_degree_lr", "num_message_passing"]:
         if int(hypers[name]) < 0:
             raise ValueError(f"{name} must be non-negative, got {hypers[name]}")
-    if hypers["long_range_method"] not in ("ewald", "pme", "auto"):
+    if hypers["long_range_method"] not in LONG_RANGE_METHODS:
         raise ValueError(
-            "long_range_method must be 'ewald', 'pme' or 'auto', got "
+            "long_range_method must be 'auto', 'ewald', 'pme' or 'direct', got "
             f"'{hypers['long_range_method']}'"
         )
     if not float(hypers["norm_smoothing"]) >= 0.0:

@@ -30,7 +30,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, Union
 
 import torch
 import torch.distributed
@@ -46,7 +46,6 @@ from metatrain.utils.data import (
     build_train_dataloaders,
     build_val_dataloaders,
     get_num_workers,
-    unpack_batch,
     validate_num_workers,
 )
 from metatrain.utils.distributed.distributed_data_parallel import (
@@ -76,11 +75,16 @@ from torch.utils.data import DistributedSampler
 from ..documentation import TrainerHypers
 from ..files import write_atomically
 from . import checkpoints
+from .batching import InProcessCollateFn, is_on_disk, prepare_datasets, unpack
+from .budget import TimeBudget
 from .model import LoremMta
 
 
 def get_scheduler(
-    optimizer: torch.optim.Optimizer, hypers: TrainerHypers, steps_per_epoch: int
+    optimizer: torch.optim.Optimizer,
+    hypers: TrainerHypers,
+    steps_per_epoch: int,
+    horizon: Optional[Callable[[], int]] = None,
 ) -> LambdaLR:
     """Learning-rate schedule, stepped after every optimizer step.
 
@@ -89,11 +93,18 @@ def get_scheduler(
         ``final_learning_rate``, ``num_epochs``, ``decay_start_epoch``,
         ``warmup_fraction``)
     :param steps_per_epoch: number of optimizer steps per epoch
+    :param horizon: the number of epochs the schedule spans, read at every step
+        (``num_epochs`` if not given); with a time budget, the epochs that fit in it
+        (see :py:mod:`.budget`). When it is shorter than ``num_epochs``, the linear
+        decay starts at ``decay_start_epoch`` or half of it, whichever comes first.
     :return: the scheduler
     """
-    total_steps = max(1, hypers["num_epochs"] * steps_per_epoch)
+    num_epochs = hypers["num_epochs"]
     final_ratio = hypers["final_learning_rate"] / hypers["learning_rate"]
     name = hypers["scheduler"]
+
+    def epochs() -> int:
+        return num_epochs if horizon is None else horizon()
 
     if name == "constant":
 
@@ -101,18 +112,24 @@ def get_scheduler(
             return 1.0
 
     elif name == "linear_decay":
-        decay_start = hypers["decay_start_epoch"] * steps_per_epoch
 
         def factor(step: int) -> float:
+            total_epochs = epochs()
+            total_steps = max(1, total_epochs * steps_per_epoch)
+            decay_epoch = hypers["decay_start_epoch"]
+            if total_epochs < num_epochs:  # shortened by a time budget
+                decay_epoch = min(decay_epoch, total_epochs // 2)
+            decay_start = decay_epoch * steps_per_epoch
             if step <= decay_start:
                 return 1.0
             progress = min(1.0, (step - decay_start) / max(1, total_steps - decay_start))
             return 1.0 + (final_ratio - 1.0) * progress
 
     elif name == "cosine":
-        warmup_steps = int(hypers["warmup_fraction"] * total_steps)
 
         def factor(step: int) -> float:
+            total_steps = max(1, epochs() * steps_per_epoch)
+            warmup_steps = int(hypers["warmup_fraction"] * total_steps)
             if step < warmup_steps:
                 return step / max(1, warmup_steps)
             progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
@@ -133,7 +150,7 @@ class Trainer(TrainerInterface[TrainerHypers]):
         :py:class:`lorem_mta.documentation.TrainerHypers`
     """
 
-    __checkpoint_version__ = 1
+    __checkpoint_version__ = 2
 
     def __init__(self, hypers: TrainerHypers):
         super().__init__(hypers)
@@ -168,6 +185,7 @@ class Trainer(TrainerInterface[TrainerHypers]):
             raise ValueError(f"LOREM can be trained in float32 or float64, not {dtype}")
         hypers = self.hypers
         _check_hypers(hypers)
+        budget = TimeBudget(hypers["time_budget"], hypers["time_budget_clock"])
 
         is_distributed = resolve_distributed(hypers.get("distributed"))
         if is_distributed:
@@ -232,7 +250,7 @@ class Trainer(TrainerInterface[TrainerHypers]):
 
         logging.info("Setting up data loaders")
         train_dataloader, val_dataloader, epoch_samplers = self._dataloaders(
-            model, train_datasets, val_datasets, device, is_distributed, world_size, rank
+            model, train_datasets, val_datasets, dtype, device, is_distributed, world_size, rank
         )
 
         raw_model = model
@@ -248,7 +266,11 @@ class Trainer(TrainerInterface[TrainerHypers]):
             logging.info(f"{name}: {info}")
 
         optimizer = _optimizer(model, hypers)
-        lr_scheduler = get_scheduler(optimizer, hypers, len(train_dataloader))
+        # the epochs the schedule spans: `num_epochs`, or those that fit in the budget
+        horizon = [hypers["num_epochs"]]
+        lr_scheduler = get_scheduler(
+            optimizer, hypers, len(train_dataloader), horizon=lambda: horizon[0]
+        )
         if not raw_model.has_new_targets:
             # restart: continue the optimizer and the schedule where they stopped
             if self.optimizer_state_dict is not None:
@@ -258,6 +280,11 @@ class Trainer(TrainerInterface[TrainerHypers]):
         logging.info(f"Initial learning rate: {optimizer.param_groups[0]['lr']}")
 
         per_structure_targets = hypers["per_structure_targets"]
+        # scaling steps that would multiply by one are skipped (same numbers, less time)
+        has_per_property_scales = any(
+            name in raw_model.scaler.model.multi_property_target_names for name in train_targets
+        )
+        unit_scales = _unit_scales(raw_model.scaler, list(train_targets))
         use_mae = hypers["log_mae"] or hypers["best_model_metric"] == "mae_prod"
         num_epochs = hypers["num_epochs"]
         start_epoch = 0 if self.epoch is None else self.epoch + 1
@@ -266,7 +293,7 @@ class Trainer(TrainerInterface[TrainerHypers]):
 
         def run_batch(batch: Any, is_training: bool) -> Tuple[Any, ...]:
             """Predictions and targets of one batch, per atom and in scaled units."""
-            systems, targets, extra_data = unpack_batch(batch)
+            systems, targets, extra_data = unpack(batch)
             systems, targets, extra_data = batch_to(
                 systems, targets, extra_data, dtype=dtype, device=device
             )
@@ -280,29 +307,32 @@ class Trainer(TrainerInterface[TrainerHypers]):
             targets = average_by_num_atoms(targets, systems, per_structure_targets)
             # per-property scales (multi-property targets only) before the loss; the
             # dataloader already removed the per-target scales from the targets
-            predictions = raw_model.scaler.apply_scales(
-                systems,
-                predictions,
-                remove=False,
-                use_per_target_scales=False,
-                use_per_property_scales=True,
-            )
+            if has_per_property_scales:
+                predictions = raw_model.scaler.apply_scales(
+                    systems,
+                    predictions,
+                    remove=False,
+                    use_per_target_scales=False,
+                    use_per_property_scales=True,
+                )
             return systems, predictions, targets, extra_data
 
         def accumulate(
             accumulators: List[Any], systems: Any, predictions: Any, targets: Any, extra: Any
         ) -> None:
             """Add a batch to the error accumulators, in the units of the dataset."""
-            scaled = [
-                raw_model.scaler.apply_scales(
-                    systems,
-                    values,
-                    remove=False,
-                    use_per_target_scales=True,
-                    use_per_property_scales=False,
-                )
-                for values in (predictions, targets)
-            ]
+            scaled = [predictions, targets]
+            if not unit_scales:
+                scaled = [
+                    raw_model.scaler.apply_scales(
+                        systems,
+                        values,
+                        remove=False,
+                        use_per_target_scales=True,
+                        use_per_property_scales=False,
+                    )
+                    for values in scaled
+                ]
             for accumulator in accumulators:
                 accumulator.update(scaled[0], scaled[1], extra)
 
@@ -328,13 +358,16 @@ class Trainer(TrainerInterface[TrainerHypers]):
         metric_logger: Optional[MetricLogger] = None
         epoch = start_epoch
         started = time.monotonic()
+        last_in_budget = False
         for epoch in range(start_epoch, num_epochs):
+            budget.start_epoch()
             for sampler in epoch_samplers:
                 sampler.set_epoch(epoch)
             log_epoch = (
                 epoch == start_epoch
                 or epoch % hypers["log_interval"] == 0
                 or epoch == num_epochs - 1
+                or last_in_budget
             )
 
             # -- training --
@@ -413,6 +446,28 @@ class Trainer(TrainerInterface[TrainerHypers]):
                         raw_model, Path(checkpoint_dir) / f"model_{epoch}.ckpt"
                     )
 
+            # -- time budget: stop before an epoch that would not end within it --
+            budget.end_epoch()
+            if budget.seconds is not None and epoch < num_epochs - 1:
+                # (rank 0 decides for all: the epochs, logs and rates must agree)
+                stop, horizon[0], last_in_budget = _same_on_all_ranks(
+                    [
+                        int(not budget.fits(1)),
+                        budget.expected_epochs(epoch + 1, num_epochs),
+                        int(not budget.fits(2)),  # the next epoch is probably the last
+                    ],
+                    is_distributed,
+                    device,
+                )
+                if stop:
+                    logging.info(
+                        f"Stopping after epoch {epoch + 1} of {num_epochs}: another epoch "
+                        f"({budget.epoch_times[-1]:.1f} s) would not fit in the time budget "
+                        f"({budget.describe()}); the best model, from epoch "
+                        f"{(self.best_epoch or 0) + 1}, is the one exported"
+                    )
+                    break
+
         # state for the checkpoint that `mtt train` writes after this function
         self.epoch = epoch
         self.optimizer_state_dict = optimizer.state_dict()
@@ -426,6 +481,7 @@ class Trainer(TrainerInterface[TrainerHypers]):
         model: LoremMta,
         train_datasets: List[Union[Dataset, torch.utils.data.Subset]],
         val_datasets: List[Union[Dataset, torch.utils.data.Subset]],
+        dtype: torch.dtype,
         device: torch.device,
         is_distributed: bool,
         world_size: int,
@@ -433,8 +489,10 @@ class Trainer(TrainerInterface[TrainerHypers]):
     ) -> Tuple[CombinedDataLoader, CombinedDataLoader, List[Any]]:
         """Training and validation data loaders.
 
-        The collate function attaches the neighbour lists and removes the baseline and
-        the scale from the targets.
+        The neighbour lists are attached to the systems and the baseline and the scale
+        are removed from the targets, once per structure before training (see
+        :py:mod:`.batching`) or, with ``cache_neighbor_lists: false`` and for datasets
+        on disk, by the collate function for every batch.
         """
         hypers = self.hypers
         if is_distributed:
@@ -471,15 +529,12 @@ class Trainer(TrainerInterface[TrainerHypers]):
         input_transforms = (
             [get_system_data_transform(system_inputs)] if len(system_inputs) > 0 else []
         )
-        collate_fn = CollateFn(
-            target_keys=list(train_targets.keys()),
-            callables=[
-                get_system_with_neighbor_lists_transform(get_requested_neighbor_lists(model)),
-                *input_transforms,
-                get_remove_additive_transform(additive_models, train_targets),
-                get_remove_scale_transform(scaler),
-            ],
-        )
+        transforms = [
+            get_system_with_neighbor_lists_transform(get_requested_neighbor_lists(model)),
+            *input_transforms,
+            get_remove_additive_transform(additive_models, train_targets),
+            get_remove_scale_transform(scaler),
+        ]
 
         if hypers["num_workers"] is None:
             num_workers = get_num_workers()
@@ -487,6 +542,24 @@ class Trainer(TrainerInterface[TrainerHypers]):
         else:
             num_workers = hypers["num_workers"]
             validate_num_workers(num_workers)
+
+        # the neighbour lists, baseline and scale of fixed structures once, not per batch
+        # (datasets read from disk on demand keep metatrain's per-batch pipeline)
+        on_disk = any(is_on_disk(dataset) for dataset in train_datasets + val_datasets)
+        if hypers["cache_neighbor_lists"] and not on_disk:
+            logging.info("Computing the neighbour lists of all structures once")
+            target_keys = list(train_targets.keys())
+            # in the training dtype once, unless worker processes serialise them
+            prepared_dtype = dtype if num_workers == 0 else None
+            train_datasets = prepare_datasets(
+                train_datasets, target_keys, transforms, prepared_dtype
+            )
+            val_datasets = prepare_datasets(
+                val_datasets, target_keys, transforms, prepared_dtype
+            )
+            transforms = []
+        collate_class = InProcessCollateFn if num_workers == 0 else CollateFn
+        collate_fn = collate_class(target_keys=list(train_targets.keys()), callables=transforms)
 
         train_dataloaders, epoch_samplers = build_train_dataloaders(
             train_datasets=train_datasets,
@@ -652,16 +725,36 @@ def _fixed_scaling_weights(weights: Any, dipole_target: str) -> Any:
     return weights
 
 
+def _same_on_all_ranks(
+    values: List[int], is_distributed: bool, device: torch.device
+) -> List[int]:
+    """``values`` of rank 0 on every rank (the time budget's decisions must agree)."""
+    if not is_distributed:
+        return values
+    tensor = torch.tensor(values, dtype=torch.int64, device=device)
+    torch.distributed.broadcast(tensor, src=0)
+    return [int(v) for v in tensor.tolist()]
+
+
+def _unit_scales(scaler: torch.nn.Module, names: List[str]) -> bool:
+    """Whether the per-target scales of all ``names`` are exactly one (not fitted)."""
+    scales = scaler.model.per_target_scales
+    return all(
+        name not in scales
+        or all(bool((block.values == 1.0).all()) for block in scales[name].blocks())
+        for name in names
+    )
+
+
 def _optimizer(model: torch.nn.Module, hypers: TrainerHypers) -> torch.optim.Optimizer:
     parameters = [p for p in model.parameters() if p.requires_grad]
+    # the multi-tensor ("foreach") update, which torch only picks by itself on GPUs: the
+    # same arithmetic, without a Python loop over the parameters
+    options = {"lr": hypers["learning_rate"], "weight_decay": hypers["weight_decay"]}
     if hypers["optimizer"] == "adamw":
-        return torch.optim.AdamW(
-            parameters, lr=hypers["learning_rate"], weight_decay=hypers["weight_decay"]
-        )
+        return torch.optim.AdamW(parameters, foreach=True, **options)
     if hypers["optimizer"] == "adam":
-        return torch.optim.Adam(
-            parameters, lr=hypers["learning_rate"], weight_decay=hypers["weight_decay"]
-        )
+        return torch.optim.Adam(parameters, foreach=True, **options)
     raise ValueError(f"unknown optimizer '{hypers['optimizer']}'")
 
 

@@ -53,8 +53,22 @@ import torchpme
 from torchpme.lib import KSpaceFilter, MeshInterpolator
 
 from .layers import MLP, Update, structure_index
+from .lr_cost import LongRangePlanner, fft_mesh_size, image_pairs, mesh_shape
 from .spherical import degree_index, l_factors, norm_features
 from .tensor_product import EquivariantLinear, TensorDense, TensorProduct
+
+__all__ = [
+    "ChannelMeshInterpolator",
+    "CoulombPotentials",
+    "LongRange",
+    "MeshPME",
+    "SplineModuliFilter",
+    "ewald_kvectors",
+    "fft_mesh_size",
+    "slab_axis",
+    "slab_cell",
+    "slab_correction",
+]
 
 
 def ewald_kvectors(cell: torch.Tensor, lr_wavelength: float) -> torch.Tensor:
@@ -137,45 +151,6 @@ class ChannelMeshInterpolator(MeshInterpolator):
         values = mesh_vals.reshape(n_channels, -1).index_select(1, self._flat_index())
         values = values.reshape(n_channels, stencil.shape[0], stencil.shape[1])
         return (values * stencil.unsqueeze(0)).sum(dim=1).T
-
-
-def fft_mesh_size(n_min: int) -> int:
-    """The smallest ``2^a 3^b 5^c`` that is at least ``n_min`` (fast FFT lengths).
-
-    :param n_min: smallest acceptable number of mesh points
-    :return: the mesh size
-    """
-    best = 1
-    while best < n_min:
-        best *= 2
-    five = 1
-    while five < best:
-        three = five
-        while three < best:
-            size = three
-            while size < n_min:
-                size *= 2
-            best = min(best, size)
-            three *= 3
-        five *= 5
-    return best
-
-
-def mesh_shape(cell: torch.Tensor, mesh_spacing: float) -> torch.Tensor:
-    """PME mesh points along each lattice vector: ``2 |h_a| / spacing + 1``, rounded up.
-
-    torch-pme's own choice rounds up to a power of two, which can multiply the number of
-    mesh points by up to 8 (64^3 instead of 48^3 for a 28 A cubic cell); this keeps the
-    requested resolution and rounds up to the next fast FFT length instead.
-
-    :param cell: tensor of shape ``(3, 3)``, rows are lattice vectors
-    :param mesh_spacing: torch-pme's ``mesh_spacing``
-    :return: integer tensor of shape ``(3,)``
-    """
-    lengths = torch.linalg.norm(cell.detach().to(torch.float64), dim=1)
-    minimum: List[int] = torch.ceil(2 * lengths / mesh_spacing + 1).long().tolist()
-    sizes = [fft_mesh_size(n) for n in minimum]
-    return torch.tensor(sizes, dtype=torch.long, device=cell.device)
 
 
 class SplineModuliFilter(KSpaceFilter):
@@ -403,14 +378,21 @@ class CoulombPotentials(torch.nn.Module):
       points along lattice vector :math:`a` (rounded up to a fast FFT length, see
       :py:func:`mesh_shape`), 5th-order B-splines and the exact spline moduli of
       smooth PME (:py:class:`SplineModuliFilter`), linear scaling;
-    * ``method="auto"``: Ewald for structures with fewer than ``pme_threshold`` atoms,
-      PME above.
+    * ``method="direct"``: explicit pairs of atoms and periodic images with a wider
+      smearing chosen for the structure, for a few atoms in a large box (see
+      :py:mod:`.lr_cost`);
+    * ``method="auto"``: the method with the lowest estimated cost for the structure
+      at hand among those that fit the memory limit
+      (:py:class:`~.lr_cost.LongRangePlanner`).
+
+    Every method is checked against the memory limit before anything is allocated.
 
     :param cutoff: short-range cutoff ``r_c``
-    :param method: ``"ewald"``, ``"pme"`` or ``"auto"`` for periodic structures
-    :param accuracy: target accuracy of the Ewald reciprocal sum; ``None`` for the
-        reference settings
-    :param pme_threshold: number of atoms from which ``"auto"`` uses PME
+    :param method: ``"ewald"``, ``"pme"``, ``"direct"`` or ``"auto"`` for periodic
+        structures
+    :param accuracy: target accuracy of the reciprocal sum; ``None`` for the reference
+        settings (``"ewald"``) or 1e-5 (the others)
+    :param memory_limit_gb: largest estimated memory of the sum of one structure (GiB)
     """
 
     def __init__(
@@ -418,24 +400,26 @@ class CoulombPotentials(torch.nn.Module):
         cutoff: float,
         method: str = "ewald",
         accuracy: Optional[float] = None,
-        pme_threshold: int = 200,
+        memory_limit_gb: float = 16.0,
     ):
         super().__init__()
-        if method not in ("ewald", "pme", "auto"):
-            raise ValueError(f"unknown long-range method '{method}': use ewald, pme or auto")
-        if accuracy is not None and not 0 < accuracy < 1:
-            raise ValueError(f"the long-range accuracy must be in (0, 1), got {accuracy}")
-        self.method = method
-        self.pme_threshold = pme_threshold
-        # guards against running out of memory (~10 GB) on huge cells
-        self.max_kvectors = 4.0e6
-        self.max_mesh_points = 4.0e8
-        self.smearing = cutoff / 4.0
-        self.lr_wavelength = cutoff / 8.0
+        # method, accuracy and the memory guard (lr_cost.py)
+        self.planner = LongRangePlanner(cutoff, method, accuracy, memory_limit_gb)
+        self.smearing = self.planner.smearing
+        self.cutoff = cutoff
+        self.lr_wavelength = self.planner.ewald_wavelength()
         # PME: 2 |h| / sigma + 1 mesh points, at most sigma / 2 apart
-        self.mesh_spacing = self.smearing
-        if accuracy is not None:
-            self.lr_wavelength = math.pi * self.smearing / math.sqrt(2 * math.log(1 / accuracy))
+        self.mesh_spacing = self.planner.mesh_spacing
+        # direct sums: one torch-pme Ewald per smearing level (nothing in the state dict)
+        self.direct_levels = torch.nn.ModuleList()
+        for smearing in self.planner.direct_smearings:
+            level = torchpme.EwaldCalculator(
+                torchpme.CoulombPotential(smearing=smearing),
+                lr_wavelength=smearing,
+                full_neighbor_list=True,
+            )
+            level.potential._non_persistent_buffers_set.update(["smearing", "prefactor"])
+            self.direct_levels.append(level)
         self.ewald = torchpme.EwaldCalculator(
             torchpme.CoulombPotential(smearing=self.smearing),
             lr_wavelength=self.lr_wavelength,
@@ -489,6 +473,7 @@ class CoulombPotentials(torch.nn.Module):
             return self._slab(charges, positions, cell, pairs, distances)
         if not periodic:
             n_atoms = positions.shape[0]
+            self.planner.check_molecule(n_atoms, charges.shape[1], charges.element_size())
             all_pairs = torch.triu_indices(n_atoms, n_atoms, 1, device=positions.device)
             vectors = positions[all_pairs[1]] - positions[all_pairs[0]]
             return self.direct(
@@ -508,12 +493,17 @@ class CoulombPotentials(torch.nn.Module):
         pairs: torch.Tensor,
         distances: torch.Tensor,
     ) -> torch.Tensor:
-        """Ewald or PME potentials of a 3D periodic cell (arguments of :py:meth:`forward`)."""
-        use_pme = self.method == "pme" or (
-            self.method == "auto" and positions.shape[0] >= self.pme_threshold
+        """Potentials of a 3D periodic cell (or a slab's internal cell), any method.
+
+        The planner picks the method (arguments of :py:meth:`forward`).
+        """
+        periodic = [True, True, True]
+        method, level = self.planner.plan(
+            cell, positions.shape[0], charges.shape[1], periodic, charges.element_size()
         )
-        self._check_cost(cell, charges.shape[1], use_pme)
-        if use_pme:
+        if method == "direct":
+            return self.direct_potentials(charges, positions, cell, level, periodic)
+        if method == "pme":
             return self.pme(
                 charges=charges,
                 cell=cell,
@@ -527,8 +517,49 @@ class CoulombPotentials(torch.nn.Module):
             positions=positions,
             neighbor_indices=pairs,
             neighbor_distances=distances,
-            kvectors=ewald_kvectors(cell, self.lr_wavelength),
+            kvectors=ewald_kvectors(cell, self.planner.ewald_wavelength()),
         )
+
+    def direct_potentials(
+        self,
+        charges: torch.Tensor,
+        positions: torch.Tensor,
+        cell: torch.Tensor,
+        level: int,
+        periodic: List[bool],
+    ) -> torch.Tensor:
+        """The reference sum from explicit image pairs and a wider smearing ``sigma'``.
+
+        ``V_ref = V(sigma') - 1/2 sum_{r_ij >= r_c} q_j erfc(r_ij / sqrt2 sigma) / r_ij``:
+        the converged Ewald sum with smearing ``sigma'`` minus the real-space terms of
+        the reference smearing that the model's neighbour list leaves out.
+
+        :param charges: tensor of shape ``(n_atoms, n_channels)``
+        :param positions: tensor of shape ``(n_atoms, 3)``
+        :param cell: tensor of shape ``(3, 3)``
+        :param level: index of the smearing ``sigma'`` in ``planner.direct_smearings``
+        :param periodic: periodic lattice vectors
+        :return: tensor of shape ``(n_atoms, n_channels)``
+        """
+        radius = self.planner.direct_cutoff(level)
+        pairs, distances = image_pairs(positions, cell, radius, periodic)
+        kvectors = ewald_kvectors(cell, self.planner.direct_wavelength(level))
+        result = torch.zeros_like(charges)
+        for k, calculator in enumerate(self.direct_levels):
+            if k == level:
+                result = calculator(
+                    charges=charges,
+                    cell=cell,
+                    positions=positions,
+                    neighbor_indices=pairs,
+                    neighbor_distances=distances,
+                    kvectors=kvectors,
+                )
+        outside = distances >= self.cutoff
+        far = pairs[outside]
+        terms = self.ewald.potential.sr_from_dist(distances[outside]).unsqueeze(-1)
+        missing = torch.zeros_like(charges).index_add(0, far[:, 0], charges[far[:, 1]] * terms)
+        return result - missing / 2
 
     def _slab(
         self,
@@ -562,30 +593,6 @@ class CoulombPotentials(torch.nn.Module):
         """
         lateral = float(torch.linalg.norm(cell.detach(), dim=1).max())
         return max(3.0 * lateral, 8.0 * self.smearing)
-
-    def _check_cost(self, cell: torch.Tensor, n_channels: int, use_pme: bool) -> None:
-        """Refuse cells whose reciprocal-space grid would exhaust the memory.
-
-        The smearing is tied to the cutoff, so the number of k-vectors (Ewald) or mesh
-        points (PME) grows with the cell volume: a molecule in a huge periodic box costs
-        as much as a dense system filling it.
-        """
-        lengths = torch.linalg.norm(cell.detach().to(torch.float64), dim=1)
-        if use_pme:
-            size = float(mesh_shape(cell, self.mesh_spacing).prod()) * n_channels
-            limit = self.max_mesh_points
-        else:
-            size = float(torch.ceil(lengths / self.lr_wavelength).prod())
-            limit = self.max_kvectors
-        if size > limit:
-            raise ValueError(
-                "this periodic cell is too large for the long-range sum ("
-                + str(int(size))
-                + " reciprocal-space points, the limit is "
-                + str(int(limit))
-                + "): for a molecule or cluster in a box use pbc=False; otherwise use "
-                "long_range_method='pme' or 'auto' (and/or long_range_accuracy) for Ewald"
-            )
 
 
 class LongRange(torch.nn.Module):
