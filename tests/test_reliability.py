@@ -803,6 +803,7 @@ def _fill_disk(monkeypatch):
     import builtins
 
     import lorem_mta.files
+    import lorem_mta.model_files
 
     real_open = builtins.open
 
@@ -811,6 +812,7 @@ def _fill_disk(monkeypatch):
         return _FullDisk(opened) if "w" in mode else opened
 
     monkeypatch.setattr(lorem_mta.files, "open", full_open, raising=False)
+    monkeypatch.setattr(lorem_mta.model_files, "open", full_open, raising=False)
 
 
 def test_export_disk_full_raises_and_keeps_previous_file(models, tmp_path, monkeypatch):
@@ -1209,3 +1211,41 @@ def test_mtt_export_save_is_atomic(tmp_path, monkeypatch):
     assert is_atomistic_model(load_atomistic_model(str(path)))
     # the saved class is metatomic's (engines and is_atomistic_model check the name)
     assert torch.jit.load(str(path)).original_name == "AtomisticModel"
+
+
+# the reference checkpoint was written from a dataset without a length unit
+@pytest.mark.filterwarnings("ignore:No length unit")
+def test_lorem_mta_export_disk_full_and_fifo(models, tmp_path, monkeypatch, capsys):
+    """``lorem-mta export`` of a model (.pt) or a checkpoint (.pt, .ckpt): a full disk
+    or a FIFO as output gives a one-line error naming the file, nothing is replaced."""
+    from lorem_mta.architecture import LoremMta, Trainer
+    from lorem_mta.cli import main
+
+    model = str(tmp_path / "model.pt")
+    export(copy.deepcopy(models["direct"]), model, torch.float64)
+    name = f"model-v{LoremMta.__checkpoint_version__}_trainer-v{Trainer.__checkpoint_version__}"
+    checkpoint = tmp_path / "model.ckpt"
+    torch.save(_reference_checkpoint(name), checkpoint)
+    out = tmp_path / "out"
+    out.mkdir()
+    for source, output in [
+        (model, "new.pt"),
+        (str(checkpoint), "new.pt"),
+        (checkpoint, "new.ckpt"),
+    ]:
+        path = out / output
+        path.write_bytes(b"previous model")
+        with monkeypatch.context() as patch:
+            _fill_disk(patch)
+            assert main(["export", str(source), "-o", str(path)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "Traceback" not in err
+        assert f"could not write '{path}': No space left on device" in err
+        assert path.read_bytes() == b"previous model"
+        path.unlink()
+        os.mkfifo(path)
+        assert main(["export", str(source), "-o", str(path)]) == 1
+        assert "it is a FIFO (named pipe), not a regular file" in capsys.readouterr().err
+        assert stat.S_ISFIFO(path.lstat().st_mode)
+        path.unlink()
+        assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
