@@ -1209,6 +1209,11 @@ def test_mtt_export_save_is_atomic(tmp_path, monkeypatch):
 
     model.save(path)
     assert is_atomistic_model(load_atomistic_model(str(path)))
+    # a copy saves itself, not the original
+    copied = copy.deepcopy(model)
+    assert copied.save.__self__ is copied
+    copied.save(str(tmp_path / "copy.pt"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.pt", "model.pt"]
     # the saved class is metatomic's (engines and is_atomistic_model check the name)
     assert torch.jit.load(str(path)).original_name == "AtomisticModel"
 

@@ -34,6 +34,7 @@ This is the only module that touches metatomic/metatensor objects. It
 
 import math
 import os
+import types
 import warnings
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
@@ -845,15 +846,15 @@ def save_atomically(model: AtomisticModel) -> AtomisticModel:
     :param model: the atomistic model
     :return: the same model
     """
-
-    def save(file, collect_extensions: Optional[str] = None) -> None:
-        # metatomic's save writes to str(file) in any case
-        _atomic_save(
-            model,
-            os.fspath(file) if isinstance(file, os.PathLike) else str(file),
-            collect_extensions,
-        )
-
-    # an instance attribute: TorchScript ignores it, the saved class stays AtomisticModel
-    object.__setattr__(model, "save", save)
+    # a method bound to the instance (a copy.deepcopy binds it to the copy); TorchScript
+    # ignores it and the saved class stays AtomisticModel
+    object.__setattr__(model, "save", types.MethodType(_save_atomically, model))
     return model
+
+
+def _save_atomically(
+    model: AtomisticModel, file: Any, collect_extensions: Optional[str] = None
+) -> None:
+    # metatomic's save writes to str(file) in any case
+    path = os.fspath(file) if isinstance(file, os.PathLike) else str(file)
+    _atomic_save(model, path, collect_extensions)
