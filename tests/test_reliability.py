@@ -5,9 +5,11 @@ exported ``AtomisticModel``; the table of ``docs/reliability.rst`` lists what ea
 """
 
 import copy
+import errno
 import gzip
 import io
 import os
+import stat
 from pathlib import Path
 
 import ase
@@ -776,6 +778,168 @@ def test_convert_jax_output_folder_missing(tmp_path, capsys):
     assert "No such file or directory" in capsys.readouterr().err
 
 
+# -- full disks, special files and symbolic links -------------------------------------
+
+
+class _FullDisk:
+    """A file whose writes fail after a few bytes, as on a full disk."""
+
+    def __init__(self, file):
+        self.file = file
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        self.file.close()
+
+    def write(self, data):
+        self.file.write(data[:10])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _fill_disk(monkeypatch):
+    """Python writes of ``lorem_mta.files`` hit a full disk."""
+    import builtins
+
+    import lorem_mta.files
+    import lorem_mta.model_files
+
+    real_open = builtins.open
+
+    def full_open(file, mode="r", *args, **kwargs):
+        opened = real_open(file, mode, *args, **kwargs)
+        return _FullDisk(opened) if "w" in mode else opened
+
+    monkeypatch.setattr(lorem_mta.files, "open", full_open, raising=False)
+    monkeypatch.setattr(lorem_mta.model_files, "open", full_open, raising=False)
+
+
+def test_export_disk_full_raises_and_keeps_previous_file(models, tmp_path, monkeypatch):
+    """A full disk: an ``OSError`` naming the file, the old model intact, no ``.tmp``."""
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"previous model")
+    _fill_disk(monkeypatch)
+    with pytest.raises(OSError, match=r"could not write '.*model\.pt': No space left") as e:
+        export(copy.deepcopy(models["direct"]), str(path), torch.float64)
+    assert e.value.errno == errno.ENOSPC
+    assert path.read_bytes() == b"previous model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_torchscript_write_error_is_a_python_exception(tmp_path):
+    """TorchScript aborts the process on a write error (here ``/dev/full``); the
+    in-memory save of ``write_saved_atomically`` turns it into an ``OSError``."""
+    import subprocess
+    import sys
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full")
+    script = (
+        "import torch\n"
+        "m = torch.jit.script(torch.nn.Linear(2, 2))\n"
+        "torch.jit.save(m, '/dev/full')\n"
+    )
+    aborted = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert aborted.returncode != 0 and b"Traceback" not in aborted.stderr
+
+    # the same save through lorem_mta.files: /dev/full is refused, a symbolic link to it
+    # too, and a write error raises
+    from lorem_mta.files import write_saved_atomically
+
+    scripted = torch.jit.script(torch.nn.Linear(2, 2))
+    link = tmp_path / "model.pt"
+    link.symlink_to("/dev/full")
+    for target in ["/dev/full", str(link)]:
+        with pytest.raises(OSError, match="'/dev/full'.* a character device, not a regular"):
+            write_saved_atomically(target, lambda file: scripted.save(file))
+    assert link.is_symlink() and os.readlink(link) == "/dev/full"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def _special_file(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / "model.pt"
+    if kind == "folder":
+        path.mkdir()
+        (path / "keep.txt").write_text("keep")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        if os.geteuid() != 0:
+            pytest.skip("creating a device node needs root")
+        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # like /dev/null
+    return path
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "device"])
+def test_output_onto_special_file_is_refused(tmp_path, kind):
+    """A folder, FIFO or device node as output: refused before writing, left as it was."""
+    from lorem_mta.files import write_bytes_atomically
+
+    path = _special_file(tmp_path, kind)
+    before = path.lstat()
+    name = {"folder": "a folder", "fifo": "a FIFO", "device": "a character device"}[kind]
+    with pytest.raises(OSError, match=f"refusing to write to '.*model.pt': it is {name}"):
+        write_bytes_atomically(str(path), b"model")
+    after = path.lstat()
+    assert (after.st_mode, after.st_ino, after.st_rdev) == (
+        before.st_mode,
+        before.st_ino,
+        before.st_rdev,
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "disk full"])
+def test_convert_jax_special_output_and_full_disk(tmp_path, capsys, monkeypatch, kind):
+    """``convert-jax -o``: one-line errors naming the file; nothing replaced or left."""
+    from lorem_mta.cli import main
+
+    if kind == "fifo":
+        output = _special_file(tmp_path, "fifo")
+        message = "it is a FIFO (named pipe), not a regular file"
+    else:
+        output = tmp_path / "model.pt"
+        output.write_bytes(b"previous model")
+        _fill_disk(monkeypatch)
+        message = "No space left on device (an existing file there is left unchanged)"
+    assert main(["convert-jax", str(_parity_npz()), "-o", str(output)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert str(output) in err and message in err
+    if kind == "fifo":
+        assert stat.S_ISFIFO(output.lstat().st_mode)
+    else:
+        assert output.read_bytes() == b"previous model"
+    # the extensions folder next to the model is collected before the model is written
+    assert sorted(p.name for p in tmp_path.iterdir()) in (
+        ["model.pt"],
+        ["extensions", "model.pt"],
+    )
+
+
+def test_export_through_symbolic_link(models, tmp_path):
+    """A symlinked ``model.pt`` stays a link; its target is replaced by the new model."""
+    versions = tmp_path / "versions"
+    versions.mkdir()
+    target = versions / "model-v1.pt"
+    target.write_bytes(b"previous model")
+    link = tmp_path / "model.pt"
+    link.symlink_to(Path("versions") / "model-v1.pt")
+    export(copy.deepcopy(models["direct"]), str(link), torch.float64)
+    assert link.is_symlink() and os.readlink(link) == os.path.join("versions", "model-v1.pt")
+    assert load_atomistic_model(str(target)) is not None
+    assert [p.name for p in versions.iterdir()] == ["model-v1.pt"]
+
+    # a dangling link is written through too: the target is created
+    dangling = tmp_path / "new.pt"
+    dangling.symlink_to(versions / "model-v2.pt")
+    from lorem_mta.files import write_bytes_atomically
+
+    write_bytes_atomically(str(dangling), b"model")
+    assert dangling.is_symlink() and (versions / "model-v2.pt").read_bytes() == b"model"
+
+
 # -- metatrain checkpoints -------------------------------------------------------------
 
 
@@ -907,3 +1071,186 @@ def test_mtt_train_rejects_bad_structures(tmp_path, problem):
     assert message in result.stderr + result.stdout
     assert not (tmp_path / "model.pt").exists()
     assert not (tmp_path / "model.ckpt").exists()
+
+
+# -- non-finite parameters: refused at conversion, at load and at evaluation -----------
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_convert_jax_refuses_non_finite_parameters(tmp_path, capsys, value):
+    from lorem_mta.cli import main
+    from lorem_mta.convert import model_from_jax
+
+    with np.load(_parity_npz()) as data:
+        arrays = {key: data[key] for key in data.files}
+    name = "MLP_0/Dense_0/bias"
+    arrays["param/" + name] = arrays["param/" + name].copy()
+    arrays["param/" + name].reshape(-1)[1] = value
+    source = tmp_path / "params.npz"
+    np.savez(source, **arrays)
+    with pytest.raises(ValueError, match=f"NaN or infinite: '{name}' \\(1 of "):
+        model_from_jax(str(source))
+
+    output = tmp_path / "model.pt"
+    output.write_bytes(b"previous model")
+    assert main(["convert-jax", str(source), "-o", str(output)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: lorem-jax parameters are NaN or infinite: ")
+    assert name in err and "Traceback" not in err
+    assert output.read_bytes() == b"previous model"
+
+
+def test_checkpoint_with_non_finite_parameters_is_refused():
+    from lorem_mta.architecture import LoremMta, Trainer
+
+    name = f"model-v{LoremMta.__checkpoint_version__}_trainer-v{Trainer.__checkpoint_version__}"
+    for context, state in [
+        ("export", "best_model_state_dict"),
+        ("restart", "model_state_dict"),
+    ]:
+        checkpoint = _reference_checkpoint(name)
+        key = next(k for k in checkpoint[state] if k.startswith("lorem.") and "weight" in k)
+        checkpoint[state][key] = checkpoint[state][key].clone()
+        checkpoint[state][key].view(-1)[0] = float("nan")
+        which = "best" if context == "export" else "latest"
+        with pytest.raises(
+            ValueError,
+            match=f"the {which} model of this checkpoint .* NaN or infinite: '{key}'",
+        ):
+            LoremMta.load_checkpoint(checkpoint, context=context)
+
+
+def test_model_with_non_finite_parameters(models, tmp_path):
+    """Export refuses it; an exported file with a NaN parameter (a flipped bit) raises
+    at evaluation instead of returning NaN energies."""
+    model = copy.deepcopy(models["direct"])
+    parameter = next(p for n, p in model.named_parameters() if n.endswith("weight"))
+    with torch.no_grad():
+        parameter.view(-1)[0] = float("inf")
+    with pytest.raises(ValueError, match=r"this model has parameters that are NaN or infinite"):
+        export(model, str(tmp_path / "model.pt"), torch.float64)
+    assert not list(tmp_path.iterdir())
+
+    # a float64 value beyond the float32 range would become infinite in float32
+    model = copy.deepcopy(models["direct"])
+    parameter = next(p for n, p in model.named_parameters() if n.endswith("weight"))
+    with torch.no_grad():
+        parameter.view(-1)[0] = 1e300
+    with pytest.raises(ValueError, match=r"NaN or infinite: '.*weight' \(1 of"):
+        export(model, str(tmp_path / "model.pt"), torch.float32)
+
+    exported = load_atomistic_model(_exported_copy(models, tmp_path))
+    system = _molecule_system(models["direct"])
+    assert torch.isfinite(_evaluate(exported, [system]).block().values).all()
+    name, parameter = next(
+        (n, p) for n, p in exported.named_parameters() if "radial_coefficients.mlp" in n
+    )
+    with torch.no_grad():
+        parameter.view(-1)[0] = float("nan")
+    for check in [False, True]:
+        with pytest.raises(Exception, match="computed NaN or infinite energies for finite"):
+            _evaluate(exported, [system], check=check)
+    from lorem_mta.model import check_finite_parameters
+
+    with pytest.raises(ValueError, match=f"'{name}' \\(1 of"):
+        check_finite_parameters(exported.named_parameters(), "model.pt")
+
+
+def _exported_copy(models, tmp_path) -> str:
+    path = str(tmp_path / "exported.pt")
+    export(copy.deepcopy(models["direct"]), path, torch.float64)
+    return path
+
+
+# -- clear errors ----------------------------------------------------------------------
+
+
+def test_dtype_mismatch_names_both_dtypes(models, tmp_path):
+    """A float32 model fed float64 systems (consistency checks off): both dtypes named,
+    instead of ``double != float`` deep in the network."""
+    model = copy.deepcopy(models["direct"]).to(torch.float32)
+    path = str(tmp_path / "model32.pt")
+    export(copy.deepcopy(model), path, torch.float32)
+    exported = load_atomistic_model(path)
+    system = _molecule_system(models["direct"])  # float64
+    assert system.positions.dtype == torch.float64
+    message = (
+        r"system 0 is in float64 but this model runs in float32: convert the systems "
+        r"\(system.to\(dtype=...\)\) or export the model in float64"
+    )
+    with pytest.raises(ValueError, match=message):
+        _evaluate(model, [system])
+    with pytest.raises(torch.jit.Error, match=message):
+        _evaluate(exported, [system], check=False)
+    # in float32 it runs
+    energy = _evaluate(exported, [system.to(dtype=torch.float32)], check=True)
+    assert torch.isfinite(energy.block().values).all()
+
+
+# the reference checkpoint was written from a dataset without a length unit
+@pytest.mark.filterwarnings("ignore:No length unit")
+def test_mtt_export_save_is_atomic(tmp_path, monkeypatch):
+    """``mtt export`` saves the model that ``LoremMta.export`` returns: a full disk raises
+    and keeps the previous file (metatomic's own save truncated it)."""
+    from metatomic.torch import is_atomistic_model
+
+    from lorem_mta.architecture import LoremMta, Trainer
+
+    name = f"model-v{LoremMta.__checkpoint_version__}_trainer-v{Trainer.__checkpoint_version__}"
+    model = LoremMta.load_checkpoint(_reference_checkpoint(name), context="export").export()
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"previous model")
+    with monkeypatch.context() as patch:
+        _fill_disk(patch)
+        with pytest.raises(OSError, match=r"could not write '.*model\.pt': No space left"):
+            model.save(str(path))
+    assert path.read_bytes() == b"previous model"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+    model.save(path)
+    assert is_atomistic_model(load_atomistic_model(str(path)))
+    # a copy saves itself, not the original
+    copied = copy.deepcopy(model)
+    assert copied.save.__self__ is copied
+    copied.save(str(tmp_path / "copy.pt"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.pt", "model.pt"]
+    # the saved class is metatomic's (engines and is_atomistic_model check the name)
+    assert torch.jit.load(str(path)).original_name == "AtomisticModel"
+
+
+# the reference checkpoint was written from a dataset without a length unit
+@pytest.mark.filterwarnings("ignore:No length unit")
+def test_lorem_mta_export_disk_full_and_fifo(models, tmp_path, monkeypatch, capsys):
+    """``lorem-mta export`` of a model (.pt) or a checkpoint (.pt, .ckpt): a full disk
+    or a FIFO as output gives a one-line error naming the file, nothing is replaced."""
+    from lorem_mta.architecture import LoremMta, Trainer
+    from lorem_mta.cli import main
+
+    model = str(tmp_path / "model.pt")
+    export(copy.deepcopy(models["direct"]), model, torch.float64)
+    name = f"model-v{LoremMta.__checkpoint_version__}_trainer-v{Trainer.__checkpoint_version__}"
+    checkpoint = tmp_path / "model.ckpt"
+    torch.save(_reference_checkpoint(name), checkpoint)
+    out = tmp_path / "out"
+    out.mkdir()
+    for source, output in [
+        (model, "new.pt"),
+        (str(checkpoint), "new.pt"),
+        (checkpoint, "new.ckpt"),
+    ]:
+        path = out / output
+        path.write_bytes(b"previous model")
+        with monkeypatch.context() as patch:
+            _fill_disk(patch)
+            assert main(["export", str(source), "-o", str(path)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "Traceback" not in err
+        assert f"could not write '{path}': No space left on device" in err
+        assert path.read_bytes() == b"previous model"
+        path.unlink()
+        os.mkfifo(path)
+        assert main(["export", str(source), "-o", str(path)]) == 1
+        assert "it is a FIFO (named pipe), not a regular file" in capsys.readouterr().err
+        assert stat.S_ISFIFO(path.lstat().st_mode)
+        path.unlink()
+        assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]

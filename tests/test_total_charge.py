@@ -15,6 +15,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import ase.io
@@ -141,10 +142,18 @@ def test_charge_states_differ_at_same_geometry():
     assert float(plus) == float(minus)
 
 
+MISSING_CHARGE = (
+    r"has no 'charge' data: it is taken as neutral .*atoms.info\['charge'\].*extra_data"
+)
+
+
 def test_default_is_neutral():
+    """Systems without a charge are neutral, with a warning (once per model)."""
     model = make_model(seed=6, atomic_types=TYPES, total_charge=True)
     structures = [ag3(2), nacl_cell()]
-    without = evaluate(model, structures, outputs=("energy", "lorem::charges"))
+    with pytest.warns(UserWarning, match=MISSING_CHARGE) as record:
+        without = evaluate(model, structures, outputs=("energy", "lorem::charges"))
+    assert len(record) == 1
     neutral = evaluate(model, structures, [0.0, 0.0], outputs=("energy", "lorem::charges"))
     torch.testing.assert_close(without[0], neutral[0], rtol=0, atol=0)
     assert abs(float(without[1][:3].sum())) < 1e-12
@@ -276,7 +285,12 @@ def test_atomistic_model_inputs():
 
     reference = {q: float(evaluate(model, [ag3(0)], [q])) for q in (1.0, 0.0)}
     assert abs(run(1.0, True) - reference[1.0]) < 1e-12
-    assert abs(run(None, False) - reference[0.0]) < 1e-12
+    # the exported model warns once (LAMMPS and mtt eval without extra_data give no charge)
+    with pytest.warns(UserWarning, match=MISSING_CHARGE):
+        assert abs(run(None, False) - reference[0.0]) < 1e-12
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert abs(run(None, False) - reference[0.0]) < 1e-12
     with pytest.raises(ValueError, match="missing additional input"):
         run(None, True)
 

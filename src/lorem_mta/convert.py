@@ -330,6 +330,19 @@ def backbone_from_jax(
     :param dtype: dtype of the result (float64 by default)
     :return: the backbone, in eval mode
     """
+    bad = [
+        f"'{name}' ({int((~np.isfinite(value)).sum())} of {value.size} values)"
+        for name, value in params.items()
+        if np.issubdtype(np.asarray(value).dtype, np.floating) and not np.isfinite(value).all()
+    ]
+    if bad:
+        raise ValueError(
+            "lorem-jax parameters are NaN or infinite: "
+            + ", ".join(bad[:3])
+            + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            + ". Such a model gives NaN energies and forces: the training diverged or "
+            "the file is damaged"
+        )
     model = LoremBackbone(**backbone_hypers(hypers)).to(torch.float64)
     state = jax_to_state_dict(params, hypers)
     expected = dict(model.named_parameters())
@@ -406,6 +419,11 @@ def model_from_jax(
             f"atomic types {bad} are outside the species embedding (1..{n_embedded - 1})"
         )
     if baseline is not None:
+        bad_baseline = sorted(t for t, e in baseline.items() if not np.isfinite(e))
+        if bad_baseline:
+            raise ValueError(
+                f"the energy baseline of atomic types {bad_baseline} is NaN or infinite"
+            )
         unknown = sorted(set(atomic_types) - set(baseline))
         if unknown:
             raise ValueError(

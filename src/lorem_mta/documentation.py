@@ -60,7 +60,9 @@ With ``total_charge: true`` (and ``lr: true``) the model conditions on the total
 of every structure, read from the ``charge`` entry of the ``extra_data`` section of
 the dataset options (see ``total_charge`` below). Training stops with an error if the
 model needs the charge and a dataset does not provide it. Exported models request
-metatomic's per-system ``charge`` input; structures without it are treated as neutral.
+metatomic's per-system ``charge`` input; structures without it are treated as neutral,
+with a warning (once per model) naming ``atoms.info["charge"]`` (ASE) and ``extra_data``
+(``mtt eval``).
 
 Dipole moments
 --------------

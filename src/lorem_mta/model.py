@@ -25,14 +25,18 @@ This is the only module that touches metatomic/metatensor objects. It
   input (unit ``e``, metatomic's standard name: metatomic-ase fills it from
   ``atoms.info["charge"]``, metatrain from the ``extra_data: charge`` section of the
   options) and passes it to the backbone; systems without it are taken as neutral
-  (``Q = 0``), the documented default for engines that provide no such input (LAMMPS);
+  (``Q = 0``), the documented default for engines that provide no such input (LAMMPS),
+  with a warning (once per model) naming the ways to provide it;
 * returns ``lorem::dipole``, the dipole moment of every molecule from the scalar latent
   charges (and optional atomic dipoles), see :py:mod:`lorem_mta.modules.dipole`;
   periodic systems are refused for this output.
 """
 
 import math
-from typing import Dict, List, Optional
+import os
+import types
+import warnings
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from metatensor.torch import Labels, TensorBlock, TensorMap
@@ -45,7 +49,7 @@ from metatomic.torch import (
     System,
 )
 
-from .files import write_atomically
+from .files import write_saved_atomically
 from .modules import LoremBackbone
 from .modules.dipole import dipole_contributions
 from .modules.long_range import slab_axis
@@ -62,6 +66,35 @@ DIPOLE_UNIT = "e*angstrom"
 TOTAL_CHARGE = "charge"
 #: Born effective charges (models with ``bec=True``)
 BORN_CHARGES = "lorem::born_effective_charges"
+
+
+def check_finite_parameters(tensors: Iterable[Tuple[str, Any]], source: str) -> None:
+    """Refuse parameters (or buffers) that are NaN or infinite, naming them.
+
+    A model with one non-finite parameter gives NaN energies and forces for every
+    structure; this catches it where the model is read or written (lorem-jax conversion,
+    checkpoint loading, export) instead of at the first evaluation.
+
+    :param tensors: ``(name, tensor)`` pairs, e.g. ``module.named_parameters()`` or the
+        items of a state dict; tensors that are not floating point are skipped
+    :param source: what the tensors come from, for the message (``"the checkpoint
+        'model.ckpt'"``)
+    :raises ValueError: naming the first non-finite tensors and how many values of each
+        are not finite
+    """
+    bad = []
+    for name, tensor in tensors:
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            n_bad = int((~torch.isfinite(tensor.detach())).sum())
+            if n_bad:
+                bad.append(f"'{name}' ({n_bad} of {tensor.numel()} values)")
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise ValueError(
+            f"{source} has parameters that are NaN or infinite: {', '.join(bad[:3])}{more}. "
+            "Such a model gives NaN energies and forces: the file is damaged or the "
+            "training diverged"
+        )
 
 
 class LoremModel(torch.nn.Module):
@@ -89,6 +122,8 @@ class LoremModel(torch.nn.Module):
         self.cutoff = float(backbone.cutoff)
         self.has_long_range = backbone.long_range is not None
         self.total_charge = bool(backbone.total_charge)
+        # a missing total charge is warned about once per model (and exported model)
+        self.warned_missing_charge = False
         self.neutral_charges = bool(backbone.neutral_charges)
         baseline = torch.zeros(100, dtype=torch.float64)
         for atomic_type, energy in (atomic_baseline or {}).items():
@@ -204,6 +239,7 @@ class LoremModel(torch.nn.Module):
             return {}
         device = systems[0].positions.device
         dtype = systems[0].positions.dtype
+        self._check_dtypes(systems)
 
         types_list: List[torch.Tensor] = []
         positions_list: List[torch.Tensor] = []
@@ -280,6 +316,8 @@ class LoremModel(torch.nn.Module):
         results: Dict[str, TensorMap] = {}
         if "energy" in outputs:
             energies = output.energies + self.atomic_baseline.to(dtype)[types]
+            if not self.training:
+                self._check_finite_energies(energies)
             results["energy"] = self._scalar_output(
                 energies.unsqueeze(-1),
                 outputs["energy"],
@@ -456,6 +494,37 @@ class LoremModel(torch.nn.Module):
                     "background and on the vacuum; charged slabs are not supported"
                 )
 
+    def _check_dtypes(self, systems: List[System]) -> None:
+        """Refuse systems whose dtype is not the model's, naming both."""
+        expected = self.backbone.embedding.embedding.weight.dtype
+        for k, system in enumerate(systems):
+            if system.positions.dtype != expected:
+                raise ValueError(
+                    "system "
+                    + str(k)
+                    + " is in "
+                    + _dtype_name(system.positions.dtype)
+                    + " but this model runs in "
+                    + _dtype_name(expected)
+                    + ": convert the systems (system.to(dtype=...)) or export the model "
+                    "in " + _dtype_name(system.positions.dtype)
+                )
+
+    def _check_finite_energies(self, energies: torch.Tensor) -> None:
+        """Refuse non-finite energies of finite inputs: non-finite parameters.
+
+        The inputs were checked, so NaN energies come from the parameters (a damaged
+        model file). One ``isfinite`` over the atoms: nothing measurable next to the
+        model. Not in training mode, where the trainer handles divergence.
+        """
+        if not bool(torch.isfinite(energies.detach()).all()):
+            raise ValueError(
+                "the model computed NaN or infinite energies for finite inputs: its "
+                "parameters are probably not finite (a damaged model file, or a diverged "
+                "training); lorem_mta.model.check_finite_parameters(model."
+                "named_parameters(), 'model') names them"
+            )
+
     def _total_charges(
         self, systems: List[System], dtype: torch.dtype, device: torch.device
     ) -> torch.Tensor:
@@ -477,6 +546,20 @@ class LoremModel(torch.nn.Module):
                     raise ValueError("the total charge of system " + str(k) + " is not finite")
                 values.append(charge)
             else:
+                if not self.warned_missing_charge:
+                    warnings.warn(
+                        "this model was trained with the total charge as input "
+                        "(total_charge: true), but system "
+                        + str(k)
+                        + " has no 'charge' data: it is taken as neutral (Q = 0), "
+                        "which is wrong for a charged system. Give the charge with "
+                        "atoms.info['charge'] in ASE (metatomic-ase) or an "
+                        "'extra_data: charge' section in the options of mtt eval; "
+                        "LAMMPS provides none (neutral systems only). This warning is "
+                        "shown once",
+                        stacklevel=2,
+                    )
+                    self.warned_missing_charge = True
                 values.append(torch.zeros(1, dtype=dtype, device=device))
         return torch.cat(values)
 
@@ -639,6 +722,16 @@ def _format_length(value: float) -> str:
     return str(micro // 1000000) + "." + decimals
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    if dtype == torch.float64:
+        return "float64"
+    if dtype == torch.float32:
+        return "float32"
+    if dtype == torch.float16:
+        return "float16"
+    return "another dtype than float32 or float64"
+
+
 def capabilities(model: LoremModel, dtype: torch.dtype) -> ModelCapabilities:
     """Metatomic capabilities of ``model``.
 
@@ -698,6 +791,9 @@ def atomistic_model(
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
     model = model.to(dtype).eval()
+    model.warned_missing_charge = False  # warn again in the exported model
+    # after the cast: a float64 value beyond the float32 range becomes infinite
+    check_finite_parameters(model.state_dict().items(), "this model")
     return AtomisticModel(model, metadata or default_metadata(), capabilities(model, dtype))
 
 
@@ -725,11 +821,40 @@ def export(
 def _atomic_save(
     model: AtomisticModel, path: str, collect_extensions: Optional[str] = None
 ) -> None:
-    """Save ``model`` to a temporary file next to ``path``, then rename it.
+    """Save ``model`` to memory, then write it to a temporary file and rename it.
 
     An existing file at ``path`` is only replaced by a complete model: if saving fails
-    (TorchScript error, full disk, interruption) it is left as it was.
+    (TorchScript error, full disk, interruption) it is left as it was, and a full disk
+    raises an ``OSError`` naming ``path`` instead of aborting the process (see
+    :py:func:`lorem_mta.files.write_saved_atomically`). A folder, device or FIFO at
+    ``path`` is refused; a symbolic link is written through.
     """
-    write_atomically(
-        path, lambda temporary: model.save(temporary, collect_extensions=collect_extensions)
+    # the class's save: an instance may carry this function as its save (save_atomically)
+    write_saved_atomically(
+        str(path),
+        lambda file: AtomisticModel.save(model, file, collect_extensions=collect_extensions),
     )
+
+
+def save_atomically(model: AtomisticModel) -> AtomisticModel:
+    """Make ``model.save(path)`` write atomically, as :py:func:`export` does.
+
+    metatrain's ``mtt export`` calls ``save`` on the model that ``LoremMta.export``
+    returns; with this, a full disk raises an ``OSError`` and leaves an existing file
+    intact instead of truncating it.
+
+    :param model: the atomistic model
+    :return: the same model
+    """
+    # a method bound to the instance (a copy.deepcopy binds it to the copy); TorchScript
+    # ignores it and the saved class stays AtomisticModel
+    object.__setattr__(model, "save", types.MethodType(_save_atomically, model))
+    return model
+
+
+def _save_atomically(
+    model: AtomisticModel, file: Any, collect_extensions: Optional[str] = None
+) -> None:
+    # metatomic's save writes to str(file) in any case
+    path = os.fspath(file) if isinstance(file, os.PathLike) else str(file)
+    _atomic_save(model, path, collect_extensions)

@@ -162,9 +162,7 @@ def export_model(
     _update_stored_hypers(atomistic)
     if dtype is not None:
         _set_dtype(atomistic, dtype)
-    write_atomically(
-        output, lambda temporary: atomistic.save(temporary, collect_extensions=extensions)
-    )
+    _save_model(atomistic, output, extensions)
     return _summary(output, atomistic)
 
 
@@ -182,7 +180,7 @@ def _export_checkpoint(path, output, method, accuracy, dtype, memory_limit_gb, e
         model_hypers = checkpoint["model_data"]["model_hypers"]
         model_hypers["long_range_method"] = new_method
         model_hypers["long_range_accuracy"] = new_accuracy
-        write_atomically(output, lambda temporary: torch.save(checkpoint, temporary))
+        _save_checkpoint(checkpoint, output)
         return (
             f"wrote {output}: long_range_method={new_method}, "
             f"long_range_accuracy={new_accuracy}"
@@ -193,10 +191,25 @@ def _export_checkpoint(path, output, method, accuracy, dtype, memory_limit_gb, e
     if dtype is not None:
         model.to(dtype)
     atomistic = model.export()
-    write_atomically(
-        output, lambda temporary: atomistic.save(temporary, collect_extensions=extensions)
-    )
+    _save_model(atomistic, output, extensions)
     return _summary(output, atomistic)
+
+
+def _save_model(atomistic: torch.nn.Module, output: str, extensions: Optional[str]) -> None:
+    """Write an exported model atomically; a full disk raises (see lorem_mta.files)."""
+    from .model import _atomic_save
+
+    _atomic_save(atomistic, output, extensions)
+
+
+def _save_checkpoint(checkpoint: Dict[str, Any], output: str) -> None:
+    """``torch.save`` through a Python file object: write errors raise ``OSError``."""
+
+    def write(temporary: str) -> None:
+        with open(temporary, "wb") as file:
+            torch.save(checkpoint, file)
+
+    write_atomically(output, write)
 
 
 def _summary(output: str, atomistic: torch.nn.Module) -> str:

@@ -228,7 +228,7 @@ def export_stages(model: LoremModel, path: str, dtype: torch.dtype = torch.float
     """
     import copy
 
-    from .files import write_atomically
+    from .files import write_saved_atomically
 
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
@@ -237,4 +237,4 @@ def export_stages(model: LoremModel, path: str, dtype: torch.dtype = torch.float
     for parameter in stages.parameters():
         parameter.requires_grad_(False)
     scripted = torch.jit.script(stages)
-    write_atomically(path, lambda temporary: scripted.save(temporary))
+    write_saved_atomically(path, lambda file: scripted.save(file))

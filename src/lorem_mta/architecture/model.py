@@ -49,7 +49,14 @@ from metatrain.utils.hypers import init_with_defaults, raise_if_hypers_mismatch
 from metatrain.utils.metadata import merge_metadata
 
 from ..documentation import ModelHypers
-from ..model import DIPOLE, LoremModel, capabilities, default_metadata
+from ..model import (
+    DIPOLE,
+    LoremModel,
+    capabilities,
+    check_finite_parameters,
+    default_metadata,
+    save_atomically,
+)
 from ..model_files import LONG_RANGE_SETTINGS, hypers_json, set_long_range
 from ..modules import LoremBackbone
 from ..modules.lr_cost import METHODS as LONG_RANGE_METHODS
@@ -371,6 +378,10 @@ class LoremMta(ModelInterface[ModelHypers]):
                 state_dict = checkpoint["model_state_dict"]
         else:
             raise ValueError(f"unknown context '{context}' for checkpoint loading")
+        which = "latest" if context == "restart" else "best"
+        check_finite_parameters(
+            state_dict.items(), f"the {which} model of this checkpoint ({context})"
+        )
 
         model_data = checkpoint["model_data"]
         model = cls(model_data["model_hypers"], model_data["dataset_info"])
@@ -431,6 +442,8 @@ class LoremMta(ModelInterface[ModelHypers]):
         if dtype not in self.__supported_dtypes__:
             raise ValueError(f"LOREM can not be exported in {dtype}")
         self.to(dtype)
+        check_finite_parameters(self.state_dict().items(), "this model")
+        self.lorem.warned_missing_charge = False  # warn again in the exported model
         # the TensorMaps of the composition model are not registered buffers
         self.additive_models[0].weights_to(torch.device("cpu"), torch.float64)
 
@@ -442,8 +455,11 @@ class LoremMta(ModelInterface[ModelHypers]):
             supported_devices=self.__supported_devices__,
             dtype=dtype_to_str(dtype),
         )
-        return AtomisticModel(
-            self.eval(), merge_metadata(self.metadata, metadata), model_capabilities
+        # mtt export calls save(): write it atomically (see lorem_mta.files)
+        return save_atomically(
+            AtomisticModel(
+                self.eval(), merge_metadata(self.metadata, metadata), model_capabilities
+            )
         )
 
 
