@@ -14,6 +14,7 @@ from pathlib import Path
 import metatensor.torch as mts
 import pytest
 import torch
+from _helpers import energy_target
 from metatrain.utils.architectures import get_default_hypers
 from metatrain.utils.data import DatasetInfo, get_atomic_types, get_dataset
 
@@ -43,21 +44,11 @@ def data():
 def load_data():
     """The small H/C/N/O data set: 14 training and 6 validation structures."""
     path = str(DATASET)
-    target = {
-        "quantity": "energy",
-        "read_from": path,
-        "reader": "ase",
-        "key": "energy",
-        "unit": "eV",
-        "type": "scalar",
-        "sample_kind": "system",
-        "num_subtargets": 1,
-        "forces": {"read_from": path, "reader": "ase", "key": "forces"},
-        "stress": False,
-        "virial": False,
-    }
     dataset, targets, _ = get_dataset(
-        {"systems": {"read_from": path, "reader": "ase"}, "targets": {"energy": target}}
+        {
+            "systems": {"read_from": path, "reader": "ase"},
+            "targets": {"energy": energy_target(path)},
+        }
     )
     info = DatasetInfo(
         length_unit="angstrom", atomic_types=get_atomic_types(dataset), targets=targets
