@@ -10,6 +10,8 @@
 
 import copy
 import gzip
+import subprocess
+import sys
 from pathlib import Path
 
 import ase
@@ -344,3 +346,30 @@ def test_convert_jax_long_range_options(tmp_path):
         export_model(output, new, method=method, accuracy=accuracy)
         assert f"long_range_method: {method}" in describe(new)
         assert _energy(new, atoms)[0] == pytest.approx(reference, rel=tolerance), method
+
+
+def test_cli_version(capsys):
+    from lorem_mta import __version__
+    from lorem_mta.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert (
+        capsys.readouterr().out.strip()
+        == f"lorem-mta {__version__} (torch {torch.__version__})"
+    )
+
+
+def test_convert_jax_leaves_no_empty_extensions_folder(tmp_path):
+    """The model is pure torch: no compiled extension to collect, no empty folder."""
+    fixture = Path(__file__).parent / "resources" / "parity" / "no_lr.npz"
+    script = Path(sys.executable).parent / "lorem-mta"
+    result = subprocess.run(
+        [str(script), "convert-jax", str(fixture), "-o", str(tmp_path / "m.pt")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "no compiled extensions needed" in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]

@@ -18,6 +18,8 @@ from typing import List, Optional
 
 import torch
 
+from . import __version__
+
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -92,6 +94,11 @@ def _long_range_options(parser: argparse.ArgumentParser, keep: bool) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lorem-mta", description=__doc__)
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"lorem-mta {__version__} (torch {torch.__version__})",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     convert = commands.add_parser(
         "convert-jax",
@@ -207,7 +214,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             message = e.args[0] if isinstance(e, KeyError) and e.args else e
             print(f"error: {message}", file=sys.stderr)
             return 1
-        print(f"wrote {args.output} (extensions in {extensions})")
+        if os.path.isdir(extensions) and len(os.listdir(extensions)) > 0:
+            print(f"wrote {args.output} (extensions in {extensions})")
+        else:
+            print(f"wrote {args.output} (no compiled extensions needed)")
     return 0
 
 

@@ -829,11 +829,16 @@ def _atomic_save(
     :py:func:`lorem_mta.files.write_saved_atomically`). A folder, device or FIFO at
     ``path`` is refused; a symbolic link is written through.
     """
+    existed = collect_extensions is not None and os.path.exists(collect_extensions)
     # the class's save: an instance may carry this function as its save (save_atomically)
     write_saved_atomically(
         str(path),
         lambda file: AtomisticModel.save(model, file, collect_extensions=collect_extensions),
     )
+    # a pure-torch model needs no compiled extension: drop the empty folder we created
+    created = collect_extensions is not None and not existed
+    if created and os.path.isdir(collect_extensions) and not os.listdir(collect_extensions):
+        os.rmdir(collect_extensions)
 
 
 def save_atomically(model: AtomisticModel) -> AtomisticModel:
