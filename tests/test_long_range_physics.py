@@ -569,6 +569,31 @@ def test_long_range_batch():
     torch.testing.assert_close(V_reversed[:n], V[-n:], rtol=1e-12, atol=1e-12)
 
 
+def test_long_range_batch_of_molecules():
+    """A batch of molecules only goes through one direct sum with no pair between
+    molecules: every molecule's potentials equal its own plain 1/r sum."""
+    generator = np.random.default_rng(11)
+    structures = [
+        (
+            generator.uniform(-3.0, 3.0, size=(n, 3)),
+            np.zeros((3, 3)),
+            generator.normal(size=(n, 3)),
+            False,
+        )
+        for n in (5, 1, 9, 2)
+    ]
+    inputs, _ = _batch(structures)
+    V = _long_range().potentials(*inputs)
+    expected = []
+    for positions, _, charges, _ in structures:
+        r = np.linalg.norm(positions[:, None] - positions[None, :], axis=-1)
+        np.fill_diagonal(r, np.inf)
+        # CoulombPotentials returns half the potential (see the top of this file)
+        expected.append(0.5 * (1.0 / r) @ charges)
+    np.testing.assert_allclose(V.numpy(), np.concatenate(expected), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(V, _separate(structures), rtol=1e-12, atol=1e-14)
+
+
 def test_long_range_ghosts():
     structures = _structures()
     # a third structure made only of ghosts must be skipped (all zeros)

@@ -472,18 +472,40 @@ class CoulombPotentials(torch.nn.Module):
         if periodic and slab_axis(cell) >= 0:
             return self._slab(charges, positions, cell, pairs, distances)
         if not periodic:
-            n_atoms = positions.shape[0]
-            self.planner.check_molecule(n_atoms, charges.shape[1], charges.element_size())
-            all_pairs = torch.triu_indices(n_atoms, n_atoms, 1, device=positions.device)
-            vectors = positions[all_pairs[1]] - positions[all_pairs[0]]
-            return self.direct(
-                charges=charges,
-                cell=torch.zeros_like(cell),
-                positions=positions,
-                neighbor_indices=all_pairs.T,
-                neighbor_distances=torch.linalg.norm(vectors, dim=1),
-            )
+            return self.molecules(charges, positions, [0, positions.shape[0]])
         return self._periodic(charges, positions, cell, pairs, distances)
+
+    def molecules(
+        self, charges: torch.Tensor, positions: torch.Tensor, atom_ptr: List[int]
+    ) -> torch.Tensor:
+        r"""Potentials of non-periodic structures, :math:`V_i = \sum_{j \neq i} q_j / r_{ij}`.
+
+        All the structures go through one direct sum over the pairs ``i < j`` of every
+        structure (no pair between two structures), so that a batch of molecules costs
+        the operations of one.
+
+        :param charges: tensor of shape ``(n_atoms, n_channels)``
+        :param positions: tensor of shape ``(n_atoms, 3)``
+        :param atom_ptr: first atom of every structure, plus the total; the structures
+            cover all the atoms
+        :return: tensor of shape ``(n_atoms, n_channels)``
+        """
+        pairs: List[torch.Tensor] = []
+        for k in range(len(atom_ptr) - 1):
+            n_atoms = atom_ptr[k + 1] - atom_ptr[k]
+            self.planner.check_molecule(n_atoms, charges.shape[1], charges.element_size())
+            pairs.append(
+                torch.triu_indices(n_atoms, n_atoms, 1, device=positions.device) + atom_ptr[k]
+            )
+        all_pairs = torch.cat(pairs, dim=1)
+        vectors = positions[all_pairs[1]] - positions[all_pairs[0]]
+        return self.direct(
+            charges=charges,
+            cell=torch.zeros((3, 3), dtype=positions.dtype, device=positions.device),
+            positions=positions,
+            neighbor_indices=all_pairs.T,
+            neighbor_distances=torch.linalg.norm(vectors, dim=1),
+        )
 
     def _periodic(
         self,
@@ -732,6 +754,9 @@ class LongRange(torch.nn.Module):
             carry charges and receive potentials (the others, e.g. LAMMPS ghosts, get 0)
         :return: tensor of shape ``(n_atoms, n_channels)``
         """
+        if lr_atoms is None and not any(periodic):
+            # only molecules: one direct sum for the whole batch
+            return self.coulomb.molecules(charges, positions, atom_ptr)
         potentials = torch.zeros_like(charges)
         for k in range(len(atom_ptr) - 1):
             a0, a1, p0, p1 = atom_ptr[k], atom_ptr[k + 1], pair_ptr[k], pair_ptr[k + 1]

@@ -163,7 +163,6 @@ class TensorProduct(torch.nn.Module):
         self.pairs: List[Tuple[int, int, int, int, int, int]] = []
         # output degrees of every pair, one after the other, and their sizes
         self.pair_outputs: List[int] = []
-        self.pair_output_sizes: List[int] = []
         matrices: List[np.ndarray] = []
         offset = 0
         for l1, l2 in sorted({(p[0], p[1]) for p in paths}):
@@ -179,11 +178,19 @@ class TensorProduct(torch.nn.Module):
                 (l1, l2, offset, matrix.shape[1], len(self.pair_outputs), len(outputs))
             )
             self.pair_outputs += outputs
-            self.pair_output_sizes += [2 * l3 + 1 for l3 in outputs]
             matrices.append(matrix.reshape(-1))
             offset += matrix.size
 
         self.register_buffer("cg", torch.tensor(np.concatenate(matrices), dtype=torch.float64))
+        self._register_columns(
+            "pair",
+            [
+                (l1, l2, l3)
+                for l1, l2, _, _, first, count in self.pairs
+                for l3 in self.pair_outputs[first : first + count]
+            ],
+            shape,
+        )
         self.single_channel = features == 1
         self._register_sparse_cg(paths, shape, max_degree_2, max_degree_out)
         self._register_rank_one_cg(paths if rank_one else [], max_degree_1, max_degree_2)
@@ -202,7 +209,6 @@ class TensorProduct(torch.nn.Module):
         # one entry per l2: (l2, offset, width, first path, paths)
         self.groups: List[Tuple[int, int, int, int, int]] = []
         self.group_paths: List[Tuple[int, int]] = []
-        self.group_sizes: List[int] = []
         matrices: List[np.ndarray] = [np.zeros(0)]
         offset = 0
         for l2 in range(max_degree_2 + 1):
@@ -218,7 +224,6 @@ class TensorProduct(torch.nn.Module):
                 column += 2 * l3 + 1
             self.groups.append((l2, offset, width, len(self.group_paths), len(group)))
             self.group_paths += group
-            self.group_sizes += [2 * l3 + 1 for _, l3 in group]
             matrices.append(matrix.reshape(-1))
             offset += matrix.size
         self.register_buffer(
@@ -226,6 +231,42 @@ class TensorProduct(torch.nn.Module):
             torch.tensor(np.concatenate(matrices), dtype=torch.float64),
             persistent=False,
         )
+        self._register_columns(
+            "group",
+            [
+                (l1, l2, l3)
+                for l2, _, _, first, count in self.groups
+                for l1, l3 in self.group_paths[first : first + count]
+            ],
+            (max_degree_1 + 1, max_degree_2 + 1, self.weight.shape[2]),
+        )
+
+    def _register_columns(
+        self, name: str, paths: List[Tuple[int, int, int]], shape: Tuple
+    ) -> None:
+        """Where every coupled column goes: its path's weight and its output component.
+
+        The products compute, per input pair (or per ``l2`` for :py:meth:`rank_one`),
+        the columns :math:`(l_3, m_3)` of every path side by side. ``{name}_weight``
+        holds, for each of these columns in order, the flat index of its path in
+        ``weight.reshape(-1, F)``; ``{name}_degree`` the degree ``l1`` of the path and
+        ``{name}_output`` the output component ``l3^2 + l3 + m3``, so that weighting
+        and summing every path is one gather, one product and one ``index_add``.
+
+        :param name: ``"pair"`` or ``"group"``
+        :param paths: the paths in the order of the columns
+        :param shape: shape of the weight without the channels
+        """
+        weight, degree, output = [], [], []
+        for l1, l2, l3 in paths:
+            size = 2 * l3 + 1
+            weight += [(l1 * shape[1] + l2) * shape[2] + l3] * size
+            degree += [l1] * size
+            output += list(range(l3 * l3, (l3 + 1) ** 2))
+        for suffix, values in (("weight", weight), ("degree", degree), ("output", output)):
+            self.register_buffer(
+                f"{name}_{suffix}", torch.tensor(values, dtype=torch.long), persistent=False
+            )
 
     def _register_sparse_cg(
         self,
@@ -286,21 +327,17 @@ class TensorProduct(torch.nn.Module):
         xs = torch.split(x.transpose(1, 2), self.sizes_1, dim=2)  # [n, F, 2 l1 + 1]
         ys = torch.split(y.transpose(1, 2), self.sizes_2, dim=2)
         cg = self.cg.to(x.dtype)
-        outs: List[torch.Tensor] = [
-            torch.zeros((n, n_features, size), dtype=x.dtype, device=x.device)
-            for size in self.sizes_out
-        ]
-        for l1, l2, offset, width, first, count in self.pairs:
+        coupled: List[torch.Tensor] = []
+        for l1, l2, offset, width, _, _ in self.pairs:
             size_1, size_2 = self.sizes_1[l1], self.sizes_2[l2]
             outer = xs[l1].unsqueeze(-1) * ys[l2].unsqueeze(-2)  # [n, F, size_1, size_2]
             block = cg[offset : offset + size_1 * size_2 * width].view(size_1 * size_2, width)
-            coupled = outer.reshape(n, n_features, size_1 * size_2) @ block
-            chunks = torch.split(coupled, self.pair_output_sizes[first : first + count], dim=2)
-            for k in range(count):
-                l3 = self.pair_outputs[first + k]
-                path_weight = self.weight[l1, l2, l3].unsqueeze(-1)  # [F, 1]
-                outs[l3] = outs[l3] + chunks[k] * path_weight
-        return torch.cat(outs, dim=2).transpose(1, 2)
+            coupled.append(outer.reshape(n, n_features, size_1 * size_2) @ block)
+        # weight every column by its path and add it to its output component
+        weights = self.weight.reshape(-1, n_features).index_select(0, self.pair_weight)
+        terms = torch.cat(coupled, dim=2) * weights.t()  # [n, F, columns]
+        output = torch.zeros((n, n_features, self.n_out), dtype=x.dtype, device=x.device)
+        return output.index_add(2, self.pair_output, terms).transpose(1, 2)
 
     def rank_one(self, v: torch.Tensor, scale: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The product for a first input that is the same in every channel up to a scale.
@@ -322,21 +359,18 @@ class TensorProduct(torch.nn.Module):
         n_1 = v.shape[1]
         ys = torch.split(y.transpose(1, 2), self.sizes_2, dim=2)  # [n, F, 2 l2 + 1]
         cg = self.rank_one_cg.to(y.dtype)
-        outs: List[torch.Tensor] = [
-            torch.zeros((n, n_features, size), dtype=y.dtype, device=y.device)
-            for size in self.sizes_out
-        ]
-        for l2, offset, width, first, count in self.groups:
+        coupled: List[torch.Tensor] = []
+        for l2, offset, width, _, _ in self.groups:
             size_2 = self.sizes_2[l2]
             block = cg[offset : offset + n_1 * size_2 * width].view(n_1, size_2 * width)
             contracted = (v @ block).view(n, size_2, width)
-            coupled = torch.bmm(ys[l2], contracted)  # [n, F, width]
-            chunks = torch.split(coupled, self.group_sizes[first : first + count], dim=2)
-            for k in range(count):
-                l1, l3 = self.group_paths[first + k]
-                path_weight = (self.weight[l1, l2, l3] * scale[l1]).unsqueeze(-1)  # [F, 1]
-                outs[l3] = outs[l3] + chunks[k] * path_weight
-        return torch.cat(outs, dim=2).transpose(1, 2)
+            coupled.append(torch.bmm(ys[l2], contracted))  # [n, F, width]
+        # path weight times the scale of the path's l1, per column
+        weights = self.weight.reshape(-1, n_features).index_select(0, self.group_weight)
+        weights = weights * scale.index_select(0, self.group_degree)
+        terms = torch.cat(coupled, dim=2) * weights.t()  # [n, F, columns]
+        output = torch.zeros((n, n_features, self.n_out), dtype=y.dtype, device=y.device)
+        return output.index_add(2, self.group_output, terms).transpose(1, 2)
 
     def _single_channel(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The product for ``F = 1`` with one weighted coefficient matrix.
