@@ -52,6 +52,7 @@ from metatomic.torch import (
 from .files import write_saved_atomically
 from .modules import LoremBackbone
 from .modules.dipole import dipole_contributions
+from .modules.layers import structure_index
 from .modules.long_range import slab_axis
 
 #: smallest distance between two atoms (Angstrom) accepted by the model
@@ -249,13 +250,10 @@ class LoremModel(torch.nn.Module):
         cells_list: List[torch.Tensor] = []
         atom_ptr: List[int] = [0]
         pair_ptr: List[int] = [0]
-        periodic: List[bool] = []
         for system in systems:
-            periodic.append(self._check_system(system))
             neighbors = system.get_neighbor_list(self.neighbor_options)
             pairs = neighbors.samples.values
             vectors = neighbors.values.reshape(-1, 3)
-            self._check_distances(vectors)
             offset = atom_ptr[-1]
             types_list.append(system.types)
             positions_list.append(system.positions)
@@ -266,18 +264,21 @@ class LoremModel(torch.nn.Module):
             atom_ptr.append(offset + len(system))
             pair_ptr.append(pair_ptr[-1] + vectors.shape[0])
 
-        if "lorem::dipole" in outputs:
-            self._check_dipole_request(periodic)
         types = torch.cat(types_list).to(torch.long)
         positions = torch.cat(positions_list)
         cells = torch.stack(cells_list)
+        n_periodic = self._check_systems(systems, types, positions, cells)
+        periodic: List[bool] = [n > 0 for n in n_periodic]
+        self._check_distances(torch.cat(vectors_list))
+        if "lorem::dipole" in outputs:
+            self._check_dipole_request(periodic)
         mask = torch.ones(types.shape[0], dtype=torch.bool, device=device)
         lr_atoms: Optional[torch.Tensor] = None
         total_charges: Optional[torch.Tensor] = None
         if self.total_charge:
             total_charges = self._total_charges(systems, dtype, device)
         if self.has_long_range:
-            self._check_slabs(systems, total_charges)
+            self._check_slabs(n_periodic, total_charges)
         electric_field: Optional[torch.Tensor] = None
         if self.has_bec and bool((self.electric_field != 0).any()):
             electric_field = self.electric_field.to(dtype).reshape(1, 3).expand(len(systems), 3)
@@ -300,15 +301,11 @@ class LoremModel(torch.nn.Module):
             electric_field,
         )
 
-        system_index = torch.cat(
-            [
-                torch.full((len(s),), k, dtype=torch.int32, device=device)
-                for k, s in enumerate(systems)
-            ]
-        )
-        atom_index = torch.cat(
-            [torch.arange(len(s), dtype=torch.int32, device=device) for s in systems]
-        )
+        structure = structure_index(atom_ptr, types.shape[0], device)
+        first_atom = torch.tensor(atom_ptr[:-1], dtype=torch.long, device=device)
+        atom_index = torch.arange(types.shape[0], device=device) - first_atom[structure]
+        system_index = structure.to(torch.int32)
+        atom_index = atom_index.to(torch.int32)
         samples = Labels(
             ["system", "atom"], torch.stack([system_index, atom_index], dim=1)[mask]
         )
@@ -416,29 +413,53 @@ class LoremModel(torch.nn.Module):
         )
         return TensorMap(Labels("_", torch.tensor([[0]], device=device)), [block])
 
-    def _check_system(self, system: System) -> bool:
-        """Validate one system; return whether it is periodic."""
-        types = system.types.to(torch.long)
+    def _check_systems(
+        self,
+        systems: List[System],
+        types: torch.Tensor,
+        positions: torch.Tensor,
+        cells: torch.Tensor,
+    ) -> List[int]:
+        """Validate a batch at once; return the periodic directions of every system.
+
+        :param systems: the systems
+        :param types: atomic types of all the atoms, shape ``(n_atoms,)``
+        :param positions: positions of all the atoms, shape ``(n_atoms, 3)``
+        :param cells: cells, shape ``(n_systems, 3, 3)``
+        :return: for every system, the number of periodic directions (3, 2: a slab,
+            or 0: a molecule)
+        """
         if types.shape[0] > 0:
             out_of_range = (types < 0) | (types > 99)
             known = self.known_types[types.clamp(0, 99)]
             if bool(out_of_range.any()) or not bool(known.all()):
-                given: List[int] = torch.unique(system.types).tolist()
+                given: List[int] = torch.unique(types).tolist()
                 raise ValueError(
                     "this model only knows atomic types "
                     + str(self.atomic_types)
                     + ", got "
                     + str(given)
                 )
-        if not bool(torch.isfinite(system.positions).all()):
+        if not bool(torch.isfinite(positions).all()):
             raise ValueError("positions contain NaN or infinite values")
-        if not bool(torch.isfinite(system.cell).all()):
+        if not bool(torch.isfinite(cells).all()):
             raise ValueError("the cell contains NaN or infinite values")
-        n_periodic = int(system.pbc.sum())
-        if n_periodic == 3:
-            if float(torch.abs(torch.linalg.det(system.cell.detach()))) < 1e-6:
+        counts: List[int] = torch.stack([s.pbc for s in systems]).sum(dim=1).tolist()
+        if 3 in counts:
+            volumes = torch.abs(torch.linalg.det(cells.detach()))
+            full = torch.tensor([n == 3 for n in counts], device=cells.device)
+            if bool((volumes[full] < 1e-6).any()):
                 raise ValueError("periodic system with a singular (zero-volume) cell")
-            return True
+        for k, n_periodic in enumerate(counts):
+            if n_periodic != 3 and n_periodic != 0:
+                self._check_partly_periodic(systems[k], n_periodic)
+        return counts
+
+    def _check_partly_periodic(self, system: System, n_periodic: int) -> None:
+        """Validate a system periodic in one or two directions.
+
+        :raises ValueError: for 1D periodicity or a degenerate slab cell
+        """
         if n_periodic == 2:
             # a slab: metatomic zeroes the cell vector of the non-periodic direction
             rows = system.cell.detach()[system.pbc]
@@ -448,9 +469,7 @@ class LoremModel(torch.nn.Module):
                     "slab (2D periodic system) whose two periodic cell vectors are "
                     "zero or parallel"
                 )
-            return True
-        if n_periodic == 0:
-            return False
+            return
         pbc: List[bool] = system.pbc.tolist()
         raise ValueError(
             "LOREM's long-range Coulomb sum needs a system periodic in three "
@@ -461,7 +480,7 @@ class LoremModel(torch.nn.Module):
         )
 
     def _check_slabs(
-        self, systems: List[System], total_charges: Optional[torch.Tensor]
+        self, n_periodic: List[int], total_charges: Optional[torch.Tensor]
     ) -> None:
         """Refuse slabs whose long-range energy would depend on the internal vacuum.
 
@@ -471,8 +490,8 @@ class LoremModel(torch.nn.Module):
         lorem-jax) the latent charges carry a net charge, so such models are refused, as
         are slabs with a non-zero total charge.
         """
-        for k, system in enumerate(systems):
-            if int(system.pbc.sum()) != 2:
+        for k, n in enumerate(n_periodic):
+            if n != 2:
                 continue
             if not self.neutral_charges:
                 raise ValueError(
