@@ -244,8 +244,7 @@ class LoremModel(torch.nn.Module):
 
         types_list: List[torch.Tensor] = []
         positions_list: List[torch.Tensor] = []
-        centers_list: List[torch.Tensor] = []
-        neighbors_list: List[torch.Tensor] = []
+        pairs_list: List[torch.Tensor] = []
         vectors_list: List[torch.Tensor] = []
         cells_list: List[torch.Tensor] = []
         atom_ptr: List[int] = [0]
@@ -254,22 +253,25 @@ class LoremModel(torch.nn.Module):
             neighbors = system.get_neighbor_list(self.neighbor_options)
             pairs = neighbors.samples.values
             vectors = neighbors.values.reshape(-1, 3)
-            offset = atom_ptr[-1]
             types_list.append(system.types)
             positions_list.append(system.positions)
-            centers_list.append(pairs[:, 0].to(torch.long) + offset)
-            neighbors_list.append(pairs[:, 1].to(torch.long) + offset)
+            pairs_list.append(pairs[:, :2])
             vectors_list.append(vectors)
             cells_list.append(system.cell)
-            atom_ptr.append(offset + len(system))
+            atom_ptr.append(atom_ptr[-1] + len(system))
             pair_ptr.append(pair_ptr[-1] + vectors.shape[0])
 
         types = torch.cat(types_list).to(torch.long)
         positions = torch.cat(positions_list)
         cells = torch.stack(cells_list)
+        vectors = torch.cat(vectors_list)
         n_periodic = self._check_systems(systems, types, positions, cells)
         periodic: List[bool] = [n > 0 for n in n_periodic]
-        self._check_distances(torch.cat(vectors_list))
+        self._check_distances(vectors)
+        # global atom indices of the pairs: add the first atom of every pair's system
+        first_atom = torch.tensor(atom_ptr[:-1], dtype=torch.long, device=device)
+        pair_system = structure_index(pair_ptr, vectors.shape[0], device)
+        pairs = torch.cat(pairs_list).to(torch.long) + first_atom[pair_system].unsqueeze(1)
         if "lorem::dipole" in outputs:
             self._check_dipole_request(periodic)
         mask = torch.ones(types.shape[0], dtype=torch.bool, device=device)
@@ -289,9 +291,9 @@ class LoremModel(torch.nn.Module):
         output = self.backbone(
             types,
             positions,
-            torch.cat(centers_list),
-            torch.cat(neighbors_list),
-            torch.cat(vectors_list),
+            pairs[:, 0],
+            pairs[:, 1],
+            vectors,
             cells,
             atom_ptr,
             pair_ptr,
@@ -302,7 +304,6 @@ class LoremModel(torch.nn.Module):
         )
 
         structure = structure_index(atom_ptr, types.shape[0], device)
-        first_atom = torch.tensor(atom_ptr[:-1], dtype=torch.long, device=device)
         atom_index = torch.arange(types.shape[0], device=device) - first_atom[structure]
         system_index = structure.to(torch.int32)
         atom_index = atom_index.to(torch.int32)
