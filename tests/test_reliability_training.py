@@ -213,7 +213,7 @@ def test_mtt_train_diverging_exports_nothing(tmp_path):
 
     shutil.copy(DATASET, tmp_path / "train.xyz")
     (tmp_path / "options.yaml").write_text(
-        options(training="learning_rate: 10.0\nfinal_learning_rate: 1.0\nnum_epochs: 3")
+        options(training="learning_rate: 10.0\nfinal_learning_rate: 1.0")
     )
     result = run(["mtt", "train", "options.yaml"], tmp_path, check=False)
     assert result.returncode != 0
