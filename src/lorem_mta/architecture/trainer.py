@@ -21,7 +21,9 @@ SLURM helpers. Differences, to keep in mind when re-syncing with upstream:
   dataset without them is an error instead of a warning;
 * an optional dipole target (see :py:mod:`lorem_mta.architecture.model`) is trained
   alongside the energy with its own loss term; its scale is fixed to 1 so that the
-  model's dipoles stay those of its ``lorem::charges``.
+  model's dipoles stay those of its ``lorem::charges``;
+* the datasets are checked before training and a diverging run stops with an error
+  (:py:mod:`.guards`); the best-model selection skips non-finite metrics.
 """
 
 import copy
