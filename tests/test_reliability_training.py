@@ -4,8 +4,9 @@
   epoch, the loss and the learning rate, exports nothing, and never selects a diverged
   epoch as the best model;
 * datasets are checked once before training: NaN energies or forces name the file, the
-  frame and the field; a training set without the forces of the others names the file
-  and the options to change; elements only in the validation set are refused;
+  frame and the field; a training set without the forces of the others, or forces under
+  another key than the options give, name the file and the options to change; elements
+  only in the validation set are refused;
 * lorem-jax hyperparameters: unknown keys (with close matches), wrong types, cutoff <= 0;
 * a checkpoint of another architecture can not restart or fine-tune a LOREM run;
 * ``lorem_mta.calculator.LoremCalculator``: no nan/inf stress for a structure without a
@@ -26,6 +27,7 @@ import ase.io
 import numpy as np
 import pytest
 import torch
+import yaml
 from _helpers import energy_target, molecule, nacl_cell
 from metatrain.utils.architectures import get_default_hypers
 from metatrain.utils.data import DatasetInfo, get_atomic_types, get_dataset
@@ -108,7 +110,6 @@ def _split(path: Path = DATASET, forces: bool = True):
 
 def _options_restart(folder: Path, training: list, validation) -> None:
     """The ``options_restart.yaml`` that ``mtt train`` writes into its output folder."""
-    import yaml
 
     def section(file):
         return {"systems": {"read_from": str(file)}, "targets": {"energy": {"key": "energy"}}}
@@ -275,6 +276,30 @@ def test_training_set_without_forces_names_the_file(tmp_path):
     assert message.startswith(f"training set 1 ('{without}'), frame 0 (counted from 0): ")
     assert "target 'energy' has no forces, but other training structures do" in message
     assert "`forces: off`" in message and "forces: {key:" in message
+
+
+@pytest.mark.parametrize("forces", [{"key": "force", "reader": None}, False])
+def test_forces_under_another_key(tmp_path, forces):
+    """The forces key of the options is not in the file, which has forces under another
+    name (before: metatrain logged "No forces found" and trained on energies alone)."""
+    train, val, targets = _split(forces=False)  # what metatrain reads with a wrong key
+    _options_restart(tmp_path, [DATASET], 0.2)
+    options = yaml.safe_load((tmp_path / "options_restart.yaml").read_text())
+    section = options["training_set"][0]["targets"]["energy"]
+    section["forces"] = {**forces, "read_from": str(DATASET)} if forces else False
+    (tmp_path / "options_restart.yaml").write_text(yaml.safe_dump(options))
+    if forces:
+        with pytest.raises(ValueError) as error:
+            _train(train, val, targets, tmp_path, num_epochs=1)
+        assert str(error.value) == (
+            "target 'energy' would be trained without forces: the forces key 'force' is "
+            f"not in '{DATASET}', which has the per-atom vectors ['forces']. Set "
+            "`forces: {key: forces}` in the 'energy' section of the options to train on "
+            "them, or `forces: off` to train on energies only"
+        )
+    else:  # `forces: off`: energies only, as asked
+        trainer = _train(train, val, targets, tmp_path, num_epochs=1)
+        assert trainer.best_epoch == 0
 
 
 def test_element_only_in_validation_set_is_refused(tmp_path):

@@ -8,6 +8,8 @@ Called by :py:class:`~lorem_mta.architecture.trainer.Trainer`:
   declared with. The message names the file (read from the ``options_restart.yaml``
   that ``mtt train`` writes into the checkpoint folder), the frame index in that file,
   the field and the problem;
+* :py:func:`check_force_keys`: a target trained without forces whose file has forces
+  under another key is an error;
 * :py:func:`check_atomic_types`: an element of the validation set that is not in the
   training set is an error (its energy baseline can not be fitted and the network never
   sees it);
@@ -143,6 +145,21 @@ def _where(
 
 def _dataset_files(checkpoint_dir: Optional[str]) -> Dict[Tuple[str, int], str]:
     """``(split, number) -> file`` from the run's ``options_restart.yaml``, if any."""
+    options = _restart_options(checkpoint_dir)
+    files = {}
+    training = _as_list(options.get("training_set"))
+    validation = options.get("validation_set")
+    for number, section in enumerate(training):
+        files[("training", number)] = _file_of(section)
+        if isinstance(validation, (int, float)):  # a split of the training sets
+            files[("validation", number)] = _file_of(section)
+    for number, section in enumerate(_as_list(validation)):
+        files[("validation", number)] = _file_of(section)
+    return {key: value for key, value in files.items() if value is not None}
+
+
+def _restart_options(checkpoint_dir: Optional[str]) -> Dict[str, Any]:
+    """The run's ``options_restart.yaml`` (written by ``mtt train``), or ``{}``."""
     if checkpoint_dir is None:
         return {}
     path = os.path.join(checkpoint_dir, "options_restart.yaml")
@@ -154,16 +171,7 @@ def _dataset_files(checkpoint_dir: Optional[str]) -> Dict[Tuple[str, int], str]:
         options = OmegaConf.to_container(OmegaConf.load(path))
     except Exception:  # the names are a help, never a reason to fail
         return {}
-    files = {}
-    training = _as_list(options.get("training_set"))
-    validation = options.get("validation_set")
-    for number, section in enumerate(training):
-        files[("training", number)] = _file_of(section)
-        if isinstance(validation, (int, float)):  # a split of the training sets
-            files[("validation", number)] = _file_of(section)
-    for number, section in enumerate(_as_list(validation)):
-        files[("validation", number)] = _file_of(section)
-    return {key: value for key, value in files.items() if value is not None}
+    return options if isinstance(options, dict) else {}
 
 
 def _as_list(value: Any) -> List[Any]:
@@ -177,6 +185,57 @@ def _file_of(section: Any) -> Optional[str]:
         return str(section["systems"]["read_from"])
     except (KeyError, TypeError):
         return None
+
+
+def check_force_keys(targets: Dict[str, TargetInfo], checkpoint_dir: Optional[str]) -> None:
+    """Refuse energy-only training when the file has forces under another key.
+
+    metatrain only logs "No forces found" when the ``forces`` key of a target is not in
+    its file, and trains on energies alone. When the file (read with ASE) holds per-atom
+    vectors that look like forces under another name, that is almost always a wrong key.
+
+    :param targets: the targets of the model (with the gradients that were found)
+    :param checkpoint_dir: folder of the run, with the ``options_restart.yaml`` of
+        ``mtt train`` (nothing is checked without it)
+    :raises ValueError: naming the target, the file, the key and the arrays found
+    """
+    options = _restart_options(checkpoint_dir)
+    for section in _as_list(options.get("training_set")):
+        for name, config in (section.get("targets") or {}).items():
+            if name not in targets or "positions" in targets[name].gradients:
+                continue
+            forces = config.get("forces") if isinstance(config, dict) else None
+            if not isinstance(forces, dict) or forces.get("reader") not in (None, "ase"):
+                continue
+            found = _force_like_arrays(str(forces.get("read_from")))
+            if found:
+                raise ValueError(
+                    f"target '{name}' would be trained without forces: the forces key "
+                    f"'{forces.get('key')}' is not in '{forces.get('read_from')}', which "
+                    f"has the per-atom vectors {found}. Set `forces: {{key: {found[0]}}}` "
+                    f"in the '{name}' section of the options to train on them, or "
+                    "`forces: off` to train on energies only"
+                )
+
+
+def _force_like_arrays(path: str) -> List[str]:
+    """Names of per-atom 3-vectors in the first frame of ``path`` that may be forces."""
+    if not os.path.isfile(path):
+        return []
+    try:
+        import ase.io
+
+        atoms = ase.io.read(path, index=0)
+    except Exception:  # not a file ASE reads: metatrain has read it already
+        return []
+    found = [
+        name
+        for name, values in atoms.arrays.items()
+        if "forc" in name.lower() and values.shape == (len(atoms), 3)
+    ]
+    if atoms.calc is not None and "forces" in atoms.calc.results:
+        found.append("forces")
+    return sorted(set(found))
 
 
 # -- atomic types -----------------------------------------------------------------------

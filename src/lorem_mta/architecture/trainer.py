@@ -215,6 +215,7 @@ class Trainer(TrainerInterface[TrainerHypers]):
         train_targets = model.dataset_info.targets
         _check_loss_gradients(_loss_config(hypers["loss"], train_targets), train_targets)
         guards.check_datasets(train_datasets, val_datasets, train_targets, checkpoint_dir)
+        guards.check_force_keys(train_targets, checkpoint_dir)
         guards.check_atomic_types(train_datasets, val_datasets)
 
         # the network in `dtype`; baseline and scaler in float64 (large, exact values)
