@@ -132,7 +132,6 @@ def test_divergence_criterion():
     guard.check_epoch(0, 1e3)  # a large first epoch is only compared with later ones
     guard.check_epoch(1, 1.0)
     guard.check_epoch(2, 100.0)  # a bad epoch, but within the factor: training goes on
-    guard.check_batch(3, 5e3)
     with pytest.raises(TrainingDivergedError) as error:
         guard.check_epoch(3, 1.0001 * DIVERGENCE_FACTOR)
     message = str(error.value)
@@ -140,6 +139,19 @@ def test_divergence_criterion():
     assert "more than 10000 times the lowest one of this run (1, epoch 1)" in message
     assert "learning_rate (now 0.5)" in message
     assert "No checkpoint was written" in message
+
+    # batches: the running sum of the epoch, compared with the first batch of the run
+    guard = DivergenceGuard(learning_rate=0.5)
+    guard.check_batch(0, 2.0)  # first batch: 2
+    guard.check_batch(0, 2.0 + 3e3)  # 1500x the first batch
+    guard.check_batch(1, 1.0)  # a new epoch starts a new sum
+    guard.check_batch(1, 1.0 + 2e4)  # exactly the factor
+    with pytest.raises(TrainingDivergedError) as error:
+        guard.check_batch(1, 1.0 + 2e4 + 2.1e4)
+    assert "epoch 1: the training loss of a batch is 2.1e+04, more than 10000 times the " in (
+        str(error.value)
+    )
+    assert "loss of the first batch of this run (2)" in str(error.value)
 
     for value in [math.nan, math.inf]:
         with pytest.raises(TrainingDivergedError, match=f"loss of a batch is {value}"):
@@ -191,8 +203,9 @@ def test_exploding_loss_stops_before_the_epoch_is_kept(tmp_path, monkeypatch):
     with pytest.raises(TrainingDivergedError) as error:
         _train(train, val, targets, tmp_path, num_epochs=5, checkpoint_interval=1)
     message = str(error.value)
-    assert "training diverged at epoch 2: the training loss is " in message
-    assert f"more than {DIVERGENCE_FACTOR:g} times the lowest one" in message
+    # the first batch of epoch 2 is already 1e6 times larger than the first of the run
+    assert "training diverged at epoch 2: the training loss of a batch is " in message
+    assert f"more than {DIVERGENCE_FACTOR:g} times the loss of the first batch" in message
     last = tmp_path / "model_1.ckpt"
     assert f"'{last}' (epoch 1)" in message
     assert sorted(p.name for p in tmp_path.glob("model_*.ckpt")) == [

@@ -13,7 +13,8 @@ Called by :py:class:`~lorem_mta.architecture.trainer.Trainer`:
 * :py:func:`check_atomic_types`: an element of the validation set that is not in the
   training set is an error (its energy baseline can not be fitted and the network never
   sees it);
-* :py:class:`DivergenceGuard`: the training loss of a batch is not finite, or the
+* :py:class:`DivergenceGuard`: the training loss of a batch is not finite or more than
+  :py:data:`DIVERGENCE_FACTOR` times that of the first batch of the run, or the
   training loss of an epoch is more than :py:data:`DIVERGENCE_FACTOR` times the lowest
   epoch loss of the run (from the second epoch of the run on): the run stops with
   :py:class:`TrainingDivergedError`, before that epoch is validated, selected as the best
@@ -202,8 +203,9 @@ def check_force_keys(targets: Dict[str, TargetInfo], checkpoint_dir: Optional[st
     options = _restart_options(checkpoint_dir)
     for section in _as_list(options.get("training_set")):
         for name, config in (section.get("targets") or {}).items():
-            if name not in targets or "positions" in targets[name].gradients:
-                continue
+            info = targets.get(name)
+            if info is None or info.quantity != "energy" or "positions" in info.gradients:
+                continue  # forces only belong to energies
             forces = config.get("forces") if isinstance(config, dict) else None
             if not isinstance(forces, dict) or forces.get("reader") not in (None, "ase"):
                 continue
@@ -292,9 +294,14 @@ def _samples(datasets: List[AnyDataset]) -> Iterator[Dict[str, Any]]:
 class DivergenceGuard:
     """Stop training when the loss becomes non-finite or explodes.
 
+    A run has diverged when the loss of a training batch is NaN or infinite, when the
+    loss of a batch is more than ``factor`` times the loss of the first batch of the run
+    (the untrained or restarted model: a loss that is huge from the first epoch on), or
+    when the training loss of an epoch is more than ``factor`` times the lowest epoch
+    loss of the run (checked from the second epoch of the run).
+
     :param learning_rate: the configured learning rate, for the message
-    :param factor: an epoch whose training loss is more than ``factor`` times the lowest
-        epoch loss of this run has diverged (checked from the second epoch of the run)
+    :param factor: see above
     """
 
     def __init__(self, learning_rate: float, factor: float = DIVERGENCE_FACTOR) -> None:
@@ -302,16 +309,31 @@ class DivergenceGuard:
         self.factor = factor
         self.lowest: Optional[float] = None
         self.lowest_epoch: Optional[int] = None
+        self.first_batch: Optional[float] = None
         self.last_checkpoint: Optional[Tuple[int, str]] = None
+        self._epoch: Optional[int] = None
+        self._total = 0.0
 
-    def check_batch(self, epoch: int, loss: float) -> None:
-        """Raise at once when the loss of a training batch is NaN or infinite.
+    def check_batch(self, epoch: int, epoch_total: float) -> None:
+        """Raise at once when the loss of a training batch is not finite or exploded.
 
         :param epoch: the epoch (counted from 0)
-        :param loss: the loss of the batch
+        :param epoch_total: the training loss of the epoch so far, this batch included
+            (the sum that the trainer logs as the loss of the epoch)
         """
-        if not math.isfinite(loss):
-            self._stop(epoch, f"the training loss of a batch is {loss}")
+        if epoch != self._epoch:
+            self._epoch, self._total = epoch, 0.0
+        loss, self._total = epoch_total - self._total, epoch_total
+        if not math.isfinite(epoch_total):
+            self._stop(epoch, f"the training loss of a batch is {epoch_total}")
+        if self.first_batch is None:
+            self.first_batch = loss
+        elif self.first_batch > 0.0 and loss > self.factor * self.first_batch:
+            self._stop(
+                epoch,
+                f"the training loss of a batch is {loss:.4g}, more than {self.factor:g} "
+                f"times the loss of the first batch of this run ({self.first_batch:.4g})",
+            )
 
     def check_epoch(self, epoch: int, loss: float) -> None:
         """Raise when the training loss of an epoch is not finite or has exploded.
