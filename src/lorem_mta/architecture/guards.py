@@ -30,10 +30,10 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 import torch
 from metatrain.utils.data import Dataset, TargetInfo
 
-#: an epoch whose training loss exceeds this factor times the lowest epoch loss of the
-#: run has diverged. Learning curves that recover (noise, a warm-up, a large first step)
-#: stay far below: ordinary fluctuations are within a factor of 10-100 of the best epoch
-#: and the loss of the first epoch is only compared with later, lower ones
+#: a batch loss above this factor times the loss of the first batch of the run, or an
+#: epoch loss above it times the lowest epoch loss of the run, means the run diverged.
+#: The margin over the ordinary ups and downs of a learning curve is wide, and the loss
+#: of the first epoch is only compared with later, lower ones
 DIVERGENCE_FACTOR = 1e4
 
 _GRADIENT_FIELDS = {"positions": "forces", "strain": "stress/virial"}
