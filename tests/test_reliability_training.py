@@ -180,6 +180,19 @@ def test_huge_learning_rate_stops_with_a_clear_error(tmp_path):
     assert "No model is exported" in message
 
 
+def test_nan_validation_loss_stops(tmp_path):
+    """Energies only, learning_rate 1: every training batch of epoch 0 is finite, the
+    model after its last step gives NaN (before: ``cannot convert float NaN to integer``
+    from metatrain's logger)."""
+    train, val, targets = _split(forces=False)
+    with pytest.raises(TrainingDivergedError) as error:
+        _train(train, val, targets, tmp_path, num_epochs=3, learning_rate=1.0)
+    assert str(error.value).startswith(
+        "training diverged at epoch 0: the validation loss is nan (the model gives NaN or "
+        "infinite values after the last optimizer step of the epoch). No model is exported."
+    )
+
+
 def test_exploding_loss_stops_before_the_epoch_is_kept(tmp_path, monkeypatch):
     """A finite explosion (x1e6 from epoch 2 on, as a diverging run reaching 1e12):
     training stops in epoch 2, before it is validated or checkpointed; the best model is

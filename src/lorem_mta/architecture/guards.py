@@ -13,12 +13,12 @@ Called by :py:class:`~lorem_mta.architecture.trainer.Trainer`:
 * :py:func:`check_atomic_types`: an element of the validation set that is not in the
   training set is an error (its energy baseline can not be fitted and the network never
   sees it);
-* :py:class:`DivergenceGuard`: the training loss of a batch is not finite or more than
-  :py:data:`DIVERGENCE_FACTOR` times that of the first batch of the run, or the
-  training loss of an epoch is more than :py:data:`DIVERGENCE_FACTOR` times the lowest
-  epoch loss of the run (from the second epoch of the run on): the run stops with
-  :py:class:`TrainingDivergedError`, before that epoch is validated, selected as the best
-  one or written to a checkpoint;
+* :py:class:`DivergenceGuard`: the run stops with :py:class:`TrainingDivergedError` when
+  the loss of a training batch is not finite or more than :py:data:`DIVERGENCE_FACTOR`
+  times that of the first batch of the run, when the training loss of an epoch is more
+  than :py:data:`DIVERGENCE_FACTOR` times the lowest epoch loss of the run (from the
+  second epoch of the run on), or when the validation loss is not finite; the epoch is
+  then neither logged, nor selected as the best one, nor written to a checkpoint;
 * :py:func:`is_improvement`: the best-model selection ignores non-finite metrics.
 """
 
@@ -351,6 +351,22 @@ class DivergenceGuard:
             )
         if self.lowest is None or loss < self.lowest:
             self.lowest, self.lowest_epoch = loss, epoch
+
+    def check_validation(self, epoch: int, loss: float) -> None:
+        """Raise when the validation loss is not finite (the training loss was).
+
+        The parameters after the last optimizer step of the epoch can give NaN or
+        infinite values although every training batch before that step was finite.
+
+        :param epoch: the epoch (counted from 0)
+        :param loss: the validation loss of the epoch
+        """
+        if not math.isfinite(loss):
+            self._stop(
+                epoch,
+                f"the validation loss is {loss} (the model gives NaN or infinite values "
+                "after the last optimizer step of the epoch)",
+            )
 
     def checkpoint_written(self, epoch: int, path: str) -> None:
         """Remember the last checkpoint written (they are written after the checks).

@@ -415,6 +415,7 @@ class Trainer(TrainerInterface[TrainerHypers]):
                         torch.distributed.all_reduce(loss)
                     val_loss += loss.item()
                     accumulate(val_accumulators, systems, predictions, targets, extra_data)
+            guard.check_validation(epoch, val_loss)
             val_metrics = finalize(val_accumulators, val_loss)
 
             # -- logging, best model, checkpoints --
