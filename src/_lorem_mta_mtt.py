@@ -13,7 +13,12 @@ that
 * wraps ``find_all_architectures`` (in ``metatrain.utils.architectures`` and in the copy
   ``metatrain.utils.io`` imported by name) so that it also returns
   ``experimental.lorem_mta``, and ``preload_documentation_module`` so that the JSON
-  schema of the training options can be generated.
+  schema of the training options can be generated;
+* wraps ``metatrain.cli.train.train_model`` so that restarting (``--restart``) or
+  fine-tuning (``finetune: read_from``) a LOREM run from a checkpoint of another
+  architecture, or the other way round, is refused with a message naming both
+  architectures (metatrain would pass LOREM's hyperparameters to the other
+  architecture's ``restart`` and fail with e.g. ``KeyError: 'max_degree'``).
 
 ``lorem_mta_mtt.pth`` (installed at the root of site-packages) calls :py:func:`register`
 at interpreter start-up, so the plain ``mtt`` command works. ``lorem-mtt`` (this module's
@@ -27,6 +32,8 @@ import functools
 import importlib
 import importlib.abc
 import importlib.machinery
+import inspect
+import os
 import sys
 
 #: name of the architecture in metatrain options files and checkpoints
@@ -37,6 +44,7 @@ _ALIASES = {
     "metatrain." + ARCHITECTURE_NAME + ".documentation": "lorem_mta.documentation",
 }
 _ARCHITECTURES_MODULE = "metatrain.utils.architectures"
+_TRAIN_MODULE = "metatrain.cli.train"
 _MARKER = "_lorem_mta_mtt_hook"
 # module attributes that belong to the alias itself and must not be copied over
 _MODULE_DUNDERS = {
@@ -70,15 +78,16 @@ class _AliasLoader(importlib.abc.Loader):
 class _PatchingLoader(importlib.abc.Loader):
     """Run metatrain's real loader, then patch the module it created."""
 
-    def __init__(self, loader):
+    def __init__(self, loader, patch):
         self.loader = loader
+        self.patch = patch
 
     def create_module(self, spec):  # noqa: D102
         return self.loader.create_module(spec)
 
     def exec_module(self, module):  # noqa: D102
         self.loader.exec_module(module)
-        _patch_architectures(module)
+        self.patch(module)
 
 
 class _Finder(importlib.abc.MetaPathFinder):
@@ -91,14 +100,15 @@ class _Finder(importlib.abc.MetaPathFinder):
                 _AliasLoader(_ALIASES[fullname]),
                 is_package=not fullname.endswith(".documentation"),
             )
-        if fullname == _ARCHITECTURES_MODULE:
+        patch = {_ARCHITECTURES_MODULE: _patch_architectures, _TRAIN_MODULE: _patch_train}
+        if fullname in patch:
             for finder in sys.meta_path:
                 if getattr(finder, _MARKER, False) or not hasattr(finder, "find_spec"):
                     continue
                 spec = finder.find_spec(fullname, path, target)
                 if spec is not None:
                     if spec.loader is not None:
-                        spec.loader = _PatchingLoader(spec.loader)
+                        spec.loader = _PatchingLoader(spec.loader, patch[fullname])
                     return spec
         return None
 
@@ -138,6 +148,60 @@ def _patch_architectures(module) -> None:
     io = sys.modules.get("metatrain.utils.io")
     if io is not None:
         io.find_all_architectures = module.find_all_architectures
+
+
+def _patch_train(module) -> None:
+    """Check the architecture of a restart or fine-tuning checkpoint in ``train_model``."""
+    original = module.train_model
+    if getattr(original, _MARKER, False):
+        return
+
+    @functools.wraps(original)
+    def train_model(*args, **kwargs):
+        bound = inspect.signature(original).bind(*args, **kwargs)
+        check_checkpoint_architecture(
+            bound.arguments["options"], bound.arguments.get("restart_from")
+        )
+        return original(*args, **kwargs)
+
+    setattr(train_model, _MARKER, True)
+    module.train_model = train_model
+
+
+def check_checkpoint_architecture(options, restart_from=None) -> None:
+    """Refuse a restart or fine-tuning checkpoint of another architecture than LOREM's.
+
+    Only applies when LOREM is on one of the two sides; checkpoints that can not be read
+    are left to metatrain, which reports them.
+
+    :param options: the training options (``architecture.name``, and
+        ``architecture.training.finetune.read_from`` for fine-tuning)
+    :param restart_from: the checkpoint of ``mtt train --restart``, if any
+    :raises ValueError: naming the file, its architecture and that of the options
+    """
+    architecture = options["architecture"]
+    name = architecture["name"]
+    finetune = (architecture.get("training") or {}).get("finetune") or {}
+    files = [("restart", restart_from), ("fine-tune", finetune.get("read_from"))]
+    for action, path in files:
+        if path is None or not os.path.isfile(str(path)):
+            continue
+        import torch
+
+        try:
+            checkpoint = torch.load(str(path), weights_only=False, map_location="cpu")
+        except Exception:
+            continue
+        found = checkpoint.get("architecture_name") if isinstance(checkpoint, dict) else None
+        if found is None or found == name or ARCHITECTURE_NAME not in (found, name):
+            continue
+        raise ValueError(
+            f"'{path}' is a checkpoint of the '{found}' architecture, but these options "
+            f"train '{name}': a checkpoint can only {action} a run of its own "
+            f"architecture. Give a checkpoint written by a run of '{name}' (its model.ckpt, "
+            f"or outputs/<date>/<time>/model_<epoch>.ckpt), or set `architecture: name: "
+            f"{found}` (with that architecture's options) to continue the '{found}' run"
+        )
 
 
 def register() -> None:

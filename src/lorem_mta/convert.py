@@ -26,7 +26,9 @@ Two inputs are accepted: a flattened ``.npz`` (``param/<flax path>`` leaves and
 (``lorem-train``, see :py:mod:`lorem_mta.jax_run`).
 """
 
+import difflib
 import json
+import math
 import os
 from typing import Dict, List, Optional, Tuple
 
@@ -61,6 +63,24 @@ JAX_BEC_DEFAULTS = {
 
 BACKBONE_HYPERS = [k for k in JAX_DEFAULTS if k not in ("cutoff_fn", "radial_basis")]
 BACKBONE_HYPERS.append("bec")
+
+#: the type every lorem-jax hyperparameter must have, and the smallest allowed value
+_HYPER_TYPES = {
+    "cutoff": ("a number", 0.0),
+    "max_degree": ("an integer", 0),
+    "max_degree_lr": ("an integer", 0),
+    "num_message_passing": ("an integer", 0),
+    "num_features": ("an integer", 1),
+    "num_radial": ("an integer", 1),
+    "num_species": ("an integer", 1),
+    "num_spherical_features": ("an integer", 1),
+    "lr": ("true or false", None),
+    "equivariant_message_passing": ("true or false", None),
+    "initialize_node_features": ("true or false", None),
+    "bec": ("true or false", None),
+    "cutoff_fn": ("a string", None),
+    "radial_basis": ("a string", None),
+}
 
 #: flax module name of the Born-effective-charge heads of ``LoremBEC``
 BEC_HEAD = "PerParticleTensorPredictor"
@@ -155,6 +175,65 @@ def flax_names(hypers: Dict) -> List[Tuple[str, str, str]]:
         ]
         pairs += bec_head()
     return pairs
+
+
+def check_jax_hypers(hypers: Dict, source: str) -> None:
+    """Refuse unknown lorem-jax hyperparameters and values of the wrong type or range.
+
+    lorem-jax's ``Lorem`` would itself reject an unknown keyword; without this check a
+    misspelt name (``max_degre``) would silently take the default, ``cutoff: -5`` would
+    fail deep in the Ewald set-up and ``cutoff: "5"`` in TorchScript.
+
+    :param hypers: the hyperparameters (``hypers_json`` of a ``.npz``, the model section
+        of a training run's ``model.yaml``)
+    :param source: where they come from, for the messages (e.g. the file name)
+    :raises ValueError: naming the key, the value and what is expected; unknown keys
+        come with the closest known names
+    """
+    inputs = hypers.get("inputs")
+    if inputs:
+        raise ValueError(f"{source}: models with extra inputs ({inputs}) are not supported")
+    unknown = sorted(set(hypers) - set(_HYPER_TYPES) - {"inputs"})
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, list(_HYPER_TYPES), n=2, cutoff=0.6)
+            if close:
+                hints.append(f"'{name}': did you mean {' or '.join(map(repr, close))}?")
+        raise ValueError(
+            f"{source}: unknown lorem-jax hyperparameters {unknown}"
+            + (f" ({'; '.join(hints)})" if hints else "")
+            + f". The known ones are {sorted(_HYPER_TYPES)}"
+        )
+    for name, value in hypers.items():
+        if name in _HYPER_TYPES:
+            _check_hyper(name, value, source)
+
+
+def _check_hyper(name: str, value, source: str) -> None:
+    """One hyperparameter against :py:data:`_HYPER_TYPES` (``bool`` is not a number)."""
+    expected, minimum = _HYPER_TYPES[name]
+    is_bool = isinstance(value, (bool, np.bool_))
+    is_int = isinstance(value, (int, np.integer)) and not is_bool
+    valid = {
+        "a number": (is_int or isinstance(value, (float, np.floating))) and not is_bool,
+        "an integer": is_int,
+        "true or false": is_bool,
+        "a string": isinstance(value, str),
+    }[expected]
+    if not valid:
+        raise ValueError(
+            f"{source}: hyperparameter '{name}' must be {expected}, got {value!r} "
+            f"({type(value).__name__})"
+        )
+    if minimum is None:
+        return
+    if name == "cutoff" and not (math.isfinite(value) and value > 0.0):
+        raise ValueError(f"{source}: hyperparameter 'cutoff' must be > 0, got {value!r}")
+    if value < minimum:
+        raise ValueError(
+            f"{source}: hyperparameter '{name}' must be at least {minimum}, got {value!r}"
+        )
 
 
 def _with_defaults(hypers: Dict) -> Dict:
@@ -293,6 +372,7 @@ def read_jax_npz(path: str) -> Tuple[Dict[str, np.ndarray], Dict]:
         raise ValueError(f"'{path}': 'hypers_json' is not valid JSON ({e})") from e
     if not isinstance(hypers, dict):
         raise ValueError(f"'{path}': 'hypers_json' does not hold a dictionary")
+    check_jax_hypers(hypers, f"'{path}' (hypers_json)")
     params = {k[len("param/") :]: v for k, v in arrays.items() if k.startswith("param/")}
     if not params:
         raise ValueError(f"'{path}' has no 'param/...' entries: not a lorem-jax export")

@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import msgpack
 import numpy as np
 
-from .convert import JAX_DEFAULTS
+from .convert import check_jax_hypers
 
 RUN_FILES = ("model.yaml", "model.msgpack", "baseline.yaml")
 
@@ -190,12 +190,8 @@ def _hypers_from_model_yaml(config: Any, path: str) -> Dict:
     hypers = dict(hypers or {})
     if handle in JAX_BEC_CLASSES:
         hypers["bec"] = True
-    inputs = hypers.pop("inputs", None)
-    if inputs:
-        raise ValueError(f"models with extra inputs ({inputs}) are not supported")
-    unknown = sorted(set(hypers) - set(JAX_DEFAULTS) - {"bec"})
-    if unknown:
-        raise ValueError(f"unknown lorem-jax hyperparameters in '{path}': {unknown}")
+    check_jax_hypers(hypers, f"'{path}'")
+    hypers.pop("inputs", None)
     return hypers
 
 

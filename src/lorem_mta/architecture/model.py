@@ -255,7 +255,7 @@ class LoremMta(ModelInterface[ModelHypers]):
                 contributions = additive_model(systems, additive_outputs, selected_atoms)
                 for name, contribution in contributions.items():
                     values = return_dict[name].block().values
-                    return_dict[name] = mts.add(
+                    return_dict[name] = _add_baseline(
                         return_dict[name],
                         contribution.to(device=values.device, dtype=values.dtype),
                     )
@@ -461,6 +461,26 @@ class LoremMta(ModelInterface[ModelHypers]):
                 self.eval(), merge_metadata(self.metadata, metadata), model_capabilities
             )
         )
+
+
+def _add_baseline(total: TensorMap, baseline: TensorMap) -> TensorMap:
+    """``total + baseline``, where ``baseline`` may lack systems without atoms.
+
+    metatrain's composition model gives no sample for a system without atoms (its
+    baseline is 0), the network gives one (energy 0): the baseline is added to the
+    samples it has.
+    """
+    if len(total.keys) != 1 or len(total.block().samples) == len(baseline.block().samples):
+        return mts.add(total, baseline)
+    block = total.block()
+    other = baseline.block()
+    values = block.values.clone()
+    for i in range(len(other.samples)):
+        position = block.samples.position(other.samples.entry(i))
+        if position is not None:
+            values[position] = values[position] + other.values[i]
+    new_block = TensorBlock(values, block.samples, block.components, block.properties)
+    return TensorMap(total.keys, [new_block])
 
 
 def _is_bec(info: TargetInfo) -> bool:

@@ -21,7 +21,9 @@ SLURM helpers. Differences, to keep in mind when re-syncing with upstream:
   dataset without them is an error instead of a warning;
 * an optional dipole target (see :py:mod:`lorem_mta.architecture.model`) is trained
   alongside the energy with its own loss term; its scale is fixed to 1 so that the
-  model's dipoles stay those of its ``lorem::charges``.
+  model's dipoles stay those of its ``lorem::charges``;
+* the datasets are checked before training and a diverging run stops with an error
+  (:py:mod:`.guards`); the best-model selection skips non-finite metrics.
 """
 
 import copy
@@ -74,7 +76,7 @@ from torch.utils.data import DistributedSampler
 
 from ..documentation import TrainerHypers
 from ..files import write_atomically
-from . import checkpoints
+from . import checkpoints, guards
 from .batching import InProcessCollateFn, is_on_disk, prepare_datasets, unpack
 from .budget import TimeBudget
 from .model import LoremMta
@@ -212,6 +214,9 @@ class Trainer(TrainerInterface[TrainerHypers]):
         )
         train_targets = model.dataset_info.targets
         _check_loss_gradients(_loss_config(hypers["loss"], train_targets), train_targets)
+        guards.check_datasets(train_datasets, val_datasets, train_targets, checkpoint_dir)
+        guards.check_force_keys(train_targets, checkpoint_dir)
+        guards.check_atomic_types(train_datasets, val_datasets)
 
         # the network in `dtype`; baseline and scaler in float64 (large, exact values)
         model.to(device=device, dtype=dtype)
@@ -355,6 +360,7 @@ class Trainer(TrainerInterface[TrainerHypers]):
             return [RMSEAccumulator(separate)]
 
         logging.info("Starting training")
+        guard = guards.DivergenceGuard(hypers["learning_rate"])
         metric_logger: Optional[MetricLogger] = None
         epoch = start_epoch
         started = time.monotonic()
@@ -391,8 +397,11 @@ class Trainer(TrainerInterface[TrainerHypers]):
                 if is_distributed:
                     torch.distributed.all_reduce(loss)
                 train_loss += loss.item()
+                guard.check_batch(epoch, train_loss)
                 if log_epoch:
                     accumulate(train_accumulators, systems, predictions, targets, extra_data)
+
+            guard.check_epoch(epoch, train_loss)
 
             # -- validation --
             # gradients stay on when forces or stresses are evaluated
@@ -406,6 +415,7 @@ class Trainer(TrainerInterface[TrainerHypers]):
                         torch.distributed.all_reduce(loss)
                     val_loss += loss.item()
                     accumulate(val_accumulators, systems, predictions, targets, extra_data)
+            guard.check_validation(epoch, val_loss)
             val_metrics = finalize(val_accumulators, val_loss)
 
             # -- logging, best model, checkpoints --
@@ -434,7 +444,7 @@ class Trainer(TrainerInterface[TrainerHypers]):
                     logging.info(line)
 
             val_metric = get_selected_metric(val_metrics, hypers["best_model_metric"])
-            if val_metric < self.best_metric:
+            if guards.is_improvement(val_metric, self.best_metric):
                 self.best_metric = val_metric
                 self.best_model_state_dict = copy.deepcopy(raw_model.state_dict())
                 self.best_epoch = epoch
@@ -447,9 +457,9 @@ class Trainer(TrainerInterface[TrainerHypers]):
                 self.scheduler_state_dict = lr_scheduler.state_dict()
                 self.epoch = epoch
                 if rank == 0:
-                    self.save_checkpoint(
-                        raw_model, Path(checkpoint_dir) / f"model_{epoch}.ckpt"
-                    )
+                    path = Path(checkpoint_dir) / f"model_{epoch}.ckpt"
+                    self.save_checkpoint(raw_model, path)
+                    guard.checkpoint_written(epoch, str(path))
 
             # -- time budget: stop before an epoch that would not end within it --
             budget.end_epoch()
