@@ -28,6 +28,7 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import sys
+import warnings
 
 #: name of the architecture in metatrain options files and checkpoints
 ARCHITECTURE_NAME = "experimental.lorem_mta"
@@ -141,7 +142,20 @@ def _patch_architectures(module) -> None:
 
 
 def register() -> None:
-    """Install the import hook (idempotent; cheap, imports nothing heavy)."""
+    """Install the import hook (idempotent; cheap, imports nothing heavy).
+
+    Also hides one deprecation warning of metatrain's own code, which every ``mtt``
+    command prints on start-up before any ``lorem_mta`` code could filter it: metatrain
+    2026.4's ``utils/omegaconf.py`` calls OmegaConf's deprecated
+    ``register_new_resolver`` (filtered by message and module only; see
+    :py:func:`lorem_mta.architecture.reporting.quiet_third_party` for the others).
+    """
+    warnings.filterwarnings(
+        "ignore",
+        message=r"register_new_resolver\(\) is deprecated",
+        category=UserWarning,
+        module=r"metatrain\.utils\.omegaconf",
+    )
     if not any(getattr(finder, _MARKER, False) for finder in sys.meta_path):
         sys.meta_path.insert(0, _Finder())
     architectures = sys.modules.get(_ARCHITECTURES_MODULE)

@@ -357,12 +357,15 @@ class TrainerHypers(TypedDict):
     rates or noisy labels."""
 
     log_interval: int = 5
-    """Interval (in epochs) between two lines of training and validation metrics. The
-    validation set is evaluated every epoch regardless, for the best-model selection."""
+    """Interval (in epochs) between two lines of training and validation metrics (after
+    epochs ``log_interval``, ``2 * log_interval``, ..., counted from 1, and after the first
+    and the last epoch). The validation set is evaluated every epoch regardless, for the
+    best-model selection, and the errors of the best epoch are logged at the end."""
 
     checkpoint_interval: int = 100
     """Interval (in epochs) between two intermediate checkpoints ``model_<epoch>.ckpt``
-    in the output directory."""
+    in the output directory (``<epoch>`` counted from 1: ``model_100.ckpt`` is written
+    after the 100th epoch)."""
 
     atomic_baseline: FixedCompositionWeights | str = {}
     """The per-species baseline of the target (a composition model).
