@@ -253,12 +253,15 @@ class LoremMta(ModelInterface[ModelHypers]):
             # within half a float32 step of the float64 sum (the step is 2^-10 eV at
             # |E| of 8192-16384 eV; see docs/training.rst, "Precision")
             dtypes: Dict[str, torch.dtype] = {}
+            baseline_systems = _float64_systems(systems)
             for additive_model in self.additive_models:
                 additive_outputs: Dict[str, ModelOutput] = {}
                 for name, request in outputs.items():
                     if name in additive_model.outputs:
                         additive_outputs[name] = request
-                contributions = additive_model(systems, additive_outputs, selected_atoms)
+                contributions = additive_model(
+                    baseline_systems, additive_outputs, selected_atoms
+                )
                 for name, contribution in contributions.items():
                     values = return_dict[name].block().values
                     if name not in dtypes:
@@ -488,6 +491,27 @@ class LoremMta(ModelInterface[ModelHypers]):
                 self.eval(), merge_metadata(self.metadata, metadata), model_capabilities
             )
         )
+
+
+def _float64_systems(systems: List[System]) -> List[System]:
+    """The systems in float64, for the composition baseline (types only matter).
+
+    metatrain's composition model works in the dtype of the positions: with float32
+    systems, its per-species energies would be rounded to float32 and summed in float32.
+    These copies carry no neighbour lists and no gradients (the baseline does not depend
+    on the positions).
+    """
+    if len(systems) == 0 or systems[0].positions.dtype == torch.float64:
+        return systems
+    return [
+        System(
+            types=system.types,
+            positions=system.positions.detach().to(torch.float64),
+            cell=system.cell.detach().to(torch.float64),
+            pbc=system.pbc,
+        )
+        for system in systems
+    ]
 
 
 def _epoch_number(epoch: Optional[int]) -> str:
