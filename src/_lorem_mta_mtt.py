@@ -23,6 +23,7 @@ Written against metatrain 2026.4.1 (the dependency is pinned to ``<2026.5``); sw
 upstream registration mechanism once metatrain has one (metatrain issue #879).
 """
 
+import contextlib
 import functools
 import importlib
 import importlib.abc
@@ -71,15 +72,16 @@ class _AliasLoader(importlib.abc.Loader):
 class _PatchingLoader(importlib.abc.Loader):
     """Run metatrain's real loader, then patch the module it created."""
 
-    def __init__(self, loader):
+    def __init__(self, loader, patch):
         self.loader = loader
+        self.patch = patch
 
     def create_module(self, spec):  # noqa: D102
         return self.loader.create_module(spec)
 
     def exec_module(self, module):  # noqa: D102
         self.loader.exec_module(module)
-        _patch_architectures(module)
+        self.patch(module)
 
 
 class _Finder(importlib.abc.MetaPathFinder):
@@ -92,14 +94,14 @@ class _Finder(importlib.abc.MetaPathFinder):
                 _AliasLoader(_ALIASES[fullname]),
                 is_package=not fullname.endswith(".documentation"),
             )
-        if fullname == _ARCHITECTURES_MODULE:
+        if fullname in _PATCHES:
             for finder in sys.meta_path:
                 if getattr(finder, _MARKER, False) or not hasattr(finder, "find_spec"):
                     continue
                 spec = finder.find_spec(fullname, path, target)
                 if spec is not None:
                     if spec.loader is not None:
-                        spec.loader = _PatchingLoader(spec.loader)
+                        spec.loader = _PatchingLoader(spec.loader, _PATCHES[fullname])
                     return spec
         return None
 
@@ -141,14 +143,24 @@ def _patch_architectures(module) -> None:
         io.find_all_architectures = module.find_all_architectures
 
 
-def register() -> None:
-    """Install the import hook (idempotent; cheap, imports nothing heavy).
+#: metatrain modules patched right after they are imported
+_PATCHES = {
+    _ARCHITECTURES_MODULE: lambda module: _patch_architectures(module),
+    "metatrain.utils.logging": lambda module: _patch_logging(module),
+}
 
-    Also hides one deprecation warning of metatrain's own code, which every ``mtt``
-    command prints on start-up before any ``lorem_mta`` code could filter it: metatrain
-    2026.4's ``utils/omegaconf.py`` calls OmegaConf's deprecated
-    ``register_new_resolver`` (filtered by message and module only; see
-    :py:func:`lorem_mta.architecture.reporting.quiet_third_party` for the others).
+
+def quiet_warnings() -> None:
+    """Hide deprecation warnings of other packages' code that every ``mtt`` run prints.
+
+    Filtered by message and module only:
+
+    * metatrain 2026.4's ``utils/omegaconf.py`` calls OmegaConf's deprecated
+      ``register_new_resolver`` on import;
+    * torch deprecates its TorchScript functions (``torch.jit.script``, ``save``,
+      ``load``, ...), which metatensor, metatrain and metatomic call on import, export
+      and load: metatomic models are TorchScript by design, the format every engine
+      loads, so the warning is noise for users of these models.
     """
     warnings.filterwarnings(
         "ignore",
@@ -156,11 +168,52 @@ def register() -> None:
         category=UserWarning,
         module=r"metatrain\.utils\.omegaconf",
     )
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`torch\.jit\.\w+` is deprecated",
+        category=DeprecationWarning,
+        module=r"torch\.jit\.",
+    )
+
+
+def _patch_logging(module) -> None:
+    """Re-install :py:func:`quiet_warnings` inside ``mtt``'s logging set-up.
+
+    ``setup_logging`` turns deprecation warnings on
+    (``warnings.simplefilter("default", DeprecationWarning)``), which takes precedence
+    over the filters installed at start-up.
+    """
+    original = module.setup_logging
+    if getattr(original, _MARKER, False):
+        return
+
+    @contextlib.contextmanager
+    @functools.wraps(original)
+    def setup_logging(*args, **kwargs):
+        with original(*args, **kwargs):
+            quiet_warnings()
+            yield
+
+    setattr(setup_logging, _MARKER, True)
+    module.setup_logging = setup_logging
+
+
+def register() -> None:
+    """Install the import hook (idempotent; cheap, imports nothing heavy).
+
+    Also installs :py:func:`quiet_warnings` (warnings that ``mtt`` prints before any
+    ``lorem_mta`` code runs, and in ``mtt eval`` of an exported model, which never
+    imports ``lorem_mta``).
+    """
+    quiet_warnings()
     if not any(getattr(finder, _MARKER, False) for finder in sys.meta_path):
         sys.meta_path.insert(0, _Finder())
     architectures = sys.modules.get(_ARCHITECTURES_MODULE)
     if architectures is not None and hasattr(architectures, "find_all_architectures"):
         _patch_architectures(architectures)
+    logging_module = sys.modules.get("metatrain.utils.logging")
+    if logging_module is not None and hasattr(logging_module, "setup_logging"):
+        _patch_logging(logging_module)
 
 
 def main():

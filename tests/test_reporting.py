@@ -251,7 +251,9 @@ def test_mtt_train_log(tmp_path):
 
     shutil.copy(DATASET, tmp_path / "train.xyz")
     (tmp_path / "options.yaml").write_text(
-        options(training="num_epochs: 3\nlog_interval: 2\n").replace("    num_epochs: 1\n", "")
+        options(training="num_epochs: 3\nlog_interval: 2\n")
+        .replace("    num_epochs: 1\n", "")
+        .replace("    log_interval: 1\n", "", 1)
     )
     log = _run_log(run(["mtt", "train", "options.yaml"], tmp_path))
     assert "Datasets are too large" not in log

@@ -320,7 +320,9 @@ class TrainerHypers(TypedDict):
 
     learning_rate: float = 1e-3
     """Initial (peak) learning rate. The paper uses 1e-3 for small sets and 1e-4 to 4e-4
-    for the larger ones."""
+    for the larger ones (the default is the paper's, for its full-size model); the
+    recommended recipes for small models on small sets use 5e-3 (see "Recommended
+    recipes" in the training documentation)."""
 
     final_learning_rate: float = 1e-6
     """Learning rate reached at the end of training by the ``linear_decay`` and
@@ -338,7 +340,9 @@ class TrainerHypers(TypedDict):
 
     decay_start_epoch: int = 10
     """Number of epochs at constant learning rate before the ``linear_decay`` schedule
-    starts to decay (10 in the paper)."""
+    starts to decay (10 in the paper; the recommended recipes use a third of
+    ``num_epochs``). Must be smaller than ``num_epochs`` for the decay to happen: the log
+    warns otherwise."""
 
     warmup_fraction: float = 0.01
     """Fraction of the training steps used for the linear warm-up of the ``cosine``

@@ -208,9 +208,9 @@ def quiet_third_party() -> None:
 
     Each filter names the message and the module it comes from; nothing else is hidden:
 
-    * ``torch.jit.script`` / ``jit.save`` / ``jit.interface`` deprecations: metatomic
-      models are TorchScript by design (the format every engine loads), and
-      metatensor, metatrain and metatomic call these functions on import and on export;
+    * those of :py:func:`_lorem_mta_mtt.quiet_warnings` (TorchScript deprecations of
+      torch and one of metatrain's own), installed again here for interpreters started
+      without the ``.pth`` hook;
     * metatrain's "Requested dataset of zero length" (``test_set: 0``, an explicit
       choice);
     * metatrain 2026.4's "Datasets are too large (>1M total structures)": ``mtt train``
@@ -223,12 +223,9 @@ def quiet_third_party() -> None:
     (``warnings.simplefilter("default", DeprecationWarning)``), before the architecture
     is imported; these filters, installed when it is imported, take precedence.
     """
-    warnings.filterwarnings(
-        "ignore",
-        message=r"`torch\.jit\.(script|save|load|interface|trace)` is deprecated",
-        category=DeprecationWarning,
-        module=r"torch\.jit\.",
-    )
+    from _lorem_mta_mtt import quiet_warnings
+
+    quiet_warnings()
     warnings.filterwarnings(
         "ignore",
         message="Requested dataset of zero length",
