@@ -31,7 +31,7 @@ def energies(atomistic, systems, batch_size=8):
     """Total energies (float64 tensor) of ``systems`` with an exported model."""
     dtype = getattr(torch, atomistic.capabilities().dtype)
     options = ModelEvaluationOptions(
-        length_unit="angstrom", outputs={"energy": ModelOutput(per_atom=False)}
+        length_unit="angstrom", outputs={"energy": ModelOutput(sample_kind="system")}
     )
     values = []
     for start in range(0, len(systems), batch_size):

@@ -197,7 +197,7 @@ def _energies(atomistic, systems):
         for s in systems
     ]
     options = ModelEvaluationOptions(
-        length_unit="angstrom", outputs={"energy": ModelOutput(per_atom=False)}
+        length_unit="angstrom", outputs={"energy": ModelOutput(sample_kind="system")}
     )
     outputs = atomistic(systems, options, check_consistency=False)
     return outputs["energy"].block().values.detach().reshape(-1).to(torch.float64)
