@@ -78,6 +78,11 @@ def test_schedule_line_other_schedules():
     ]
     constant = reporting.describe_schedule(_hypers(scheduler="constant", num_epochs=3), 3)
     assert constant == ["Learning-rate schedule (constant): constant at 0.001 for all 3 epochs"]
+    at_once = reporting.describe_schedule(_hypers(num_epochs=8, decay_start_epoch=0), 8)
+    assert at_once == [
+        "Learning-rate schedule (linear_decay): linear decay from 0.001 to 1e-06 at the end "
+        "of epoch 8"
+    ]
     budget = reporting.describe_schedule(_hypers(num_epochs=30, time_budget=60.0), 30)
     assert budget[0].endswith("(or at the last epoch that fits in the time budget)")
 

@@ -58,6 +58,8 @@ def describe_schedule(hypers: Dict[str, Any], schedule_epochs: int) -> List[str]
             f"decay_start_epoch below num_epochs (for example num_epochs // 3 = "
             f"{max(1, schedule_epochs // 3)}) or use scheduler: constant"
         )
+    elif decay_start == 0:
+        line = f"linear decay from {start} to {final} at the end of epoch {schedule_epochs}"
     else:
         line = (
             f"constant at {start} for epochs 1-{decay_start}, then linear decay to {final} "
