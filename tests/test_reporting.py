@@ -83,6 +83,11 @@ def test_schedule_line_other_schedules():
         "Learning-rate schedule (linear_decay): linear decay from 0.001 to 1e-06 at the end "
         "of epoch 8"
     ]
+    one = reporting.describe_schedule(_hypers(num_epochs=4, decay_start_epoch=1), 2)
+    assert one[0].endswith(
+        "constant at 0.001 for epoch 1, then linear decay to 1e-06 at the end of epoch 2, "
+        "then 1e-06 for epochs 3-4"
+    )
     budget = reporting.describe_schedule(_hypers(num_epochs=30, time_budget=60.0), 30)
     assert budget[0].endswith("(or at the last epoch that fits in the time budget)")
 

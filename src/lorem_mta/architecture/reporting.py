@@ -27,6 +27,11 @@ def _rate(value: float) -> str:
     return f"{value:.3g}"
 
 
+def _epochs(first: int, last: int) -> str:
+    """``"epochs 3-4"``, or ``"epoch 3"`` for a single one (counted from 1)."""
+    return f"epoch {first}" if first == last else f"epochs {first}-{last}"
+
+
 def describe_schedule(hypers: Dict[str, Any], schedule_epochs: int) -> List[str]:
     """The learning-rate schedule in words, and the warnings it calls for.
 
@@ -62,11 +67,11 @@ def describe_schedule(hypers: Dict[str, Any], schedule_epochs: int) -> List[str]
         line = f"linear decay from {start} to {final} at the end of epoch {schedule_epochs}"
     else:
         line = (
-            f"constant at {start} for epochs 1-{decay_start}, then linear decay to {final} "
+            f"constant at {start} for {_epochs(1, decay_start)}, then linear decay to {final} "
             f"at the end of epoch {schedule_epochs}"
         )
     if schedule_epochs < num_epochs and name != "constant":
-        line += f", then {final} for epochs {schedule_epochs + 1}-{num_epochs}"
+        line += f", then {final} for {_epochs(schedule_epochs + 1, num_epochs)}"
     if hypers.get("time_budget") is not None and name != "constant":
         line += " (or at the last epoch that fits in the time budget)"
     return [f"Learning-rate schedule ({name}): {line}", *warnings_]
@@ -114,8 +119,8 @@ def log_restart_schedule(hypers: Dict[str, Any], stored: Optional[int], span: in
     elif num_epochs > stored:
         logging.info(
             f"Restart with num_epochs {num_epochs} instead of {stored}: the learning-rate "
-            f"schedule of the first run is kept (it ends at epoch {stored}); epochs "
-            f"{stored + 1}-{num_epochs} run at final_learning_rate "
+            f"schedule of the first run is kept (it ends at epoch {stored}); "
+            f"{_epochs(stored + 1, num_epochs)} run at final_learning_rate "
             f"({_rate(hypers['final_learning_rate'])})"
         )
     else:
