@@ -45,7 +45,11 @@ def energies(atomistic, systems, batch_size=8):
 
 
 def step(energy: float) -> float:
-    """Spacing of float32 numbers at ``energy``."""
+    """Spacing of float32 numbers at ``energy``.
+
+    (``lorem_mta.architecture.reporting.float32_steps``, repeated here so that the
+    script also runs with older versions of the package, for before/after comparisons.)
+    """
     return 2.0 ** (math.floor(math.log2(abs(energy))) - 23)
 
 

@@ -19,6 +19,7 @@ counts from 0 internally and in the checkpoint's ``epoch`` and ``best_epoch``.
 """
 
 import logging
+import math
 import warnings
 from typing import Any, Dict, List, Optional
 
@@ -250,8 +251,6 @@ def float32_steps(energy: float) -> float:
     :param energy: a total energy
     :return: the distance to the next float32 number of larger magnitude
     """
-    import math
-
     magnitude = abs(energy)
     if magnitude == 0.0:
         return 0.0
