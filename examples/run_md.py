@@ -145,8 +145,9 @@ def main():
     drift = (totals.max() - totals.min()) / len(atoms)
     print(f"{args.steps} steps of {len(atoms)} atoms in {elapsed:.1f} s")
     print(f"total energy fluctuation: {drift:.2e} eV/atom")
-    stress = atoms.get_stress()
-    print(f"stress (eV/A^3): {np.array2string(stress, precision=5)}")
+    if atoms.pbc.all():  # a stress is only defined for a periodic cell
+        stress = atoms.get_stress()
+        print(f"stress (eV/A^3): {np.array2string(stress, precision=5)}")
     plot_energies(
         times, potential, kinetic, len(atoms), os.path.join(args.output, "energy.png")
     )

@@ -28,6 +28,7 @@ Written against metatrain 2026.4.1 (the dependency is pinned to ``<2026.5``); sw
 upstream registration mechanism once metatrain has one (metatrain issue #879).
 """
 
+import contextlib
 import functools
 import importlib
 import importlib.abc
@@ -35,6 +36,7 @@ import importlib.machinery
 import inspect
 import os
 import sys
+import warnings
 
 #: name of the architecture in metatrain options files and checkpoints
 ARCHITECTURE_NAME = "experimental.lorem_mta"
@@ -100,15 +102,14 @@ class _Finder(importlib.abc.MetaPathFinder):
                 _AliasLoader(_ALIASES[fullname]),
                 is_package=not fullname.endswith(".documentation"),
             )
-        patch = {_ARCHITECTURES_MODULE: _patch_architectures, _TRAIN_MODULE: _patch_train}
-        if fullname in patch:
+        if fullname in _PATCHES:
             for finder in sys.meta_path:
                 if getattr(finder, _MARKER, False) or not hasattr(finder, "find_spec"):
                     continue
                 spec = finder.find_spec(fullname, path, target)
                 if spec is not None:
                     if spec.loader is not None:
-                        spec.loader = _PatchingLoader(spec.loader, patch[fullname])
+                        spec.loader = _PatchingLoader(spec.loader, _PATCHES[fullname])
                     return spec
         return None
 
@@ -204,13 +205,78 @@ def check_checkpoint_architecture(options, restart_from=None) -> None:
         )
 
 
+#: metatrain modules patched right after they are imported
+_PATCHES = {
+    _ARCHITECTURES_MODULE: lambda module: _patch_architectures(module),
+    "metatrain.utils.logging": lambda module: _patch_logging(module),
+    _TRAIN_MODULE: lambda module: _patch_train(module),
+}
+
+
+def quiet_warnings() -> None:
+    """Hide deprecation warnings of other packages' code that every ``mtt`` run prints.
+
+    Filtered by message and module only:
+
+    * metatrain 2026.4's ``utils/omegaconf.py`` calls OmegaConf's deprecated
+      ``register_new_resolver`` on import;
+    * torch deprecates its TorchScript functions (``torch.jit.script``, ``save``,
+      ``load``, ...), which metatensor, metatrain and metatomic call on import, export
+      and load: metatomic models are TorchScript by design, the format every engine
+      loads, so the warning is noise for users of these models.
+    """
+    warnings.filterwarnings(
+        "ignore",
+        message=r"register_new_resolver\(\) is deprecated",
+        category=UserWarning,
+        module=r"metatrain\.utils\.omegaconf",
+    )
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`torch\.jit\.\w+` is deprecated",
+        category=DeprecationWarning,
+        module=r"torch\.jit\.",
+    )
+
+
+def _patch_logging(module) -> None:
+    """Re-install :py:func:`quiet_warnings` inside ``mtt``'s logging set-up.
+
+    ``setup_logging`` turns deprecation warnings on
+    (``warnings.simplefilter("default", DeprecationWarning)``), which takes precedence
+    over the filters installed at start-up.
+    """
+    original = module.setup_logging
+    if getattr(original, _MARKER, False):
+        return
+
+    @contextlib.contextmanager
+    @functools.wraps(original)
+    def setup_logging(*args, **kwargs):
+        with original(*args, **kwargs):
+            quiet_warnings()
+            yield
+
+    setattr(setup_logging, _MARKER, True)
+    module.setup_logging = setup_logging
+
+
 def register() -> None:
-    """Install the import hook (idempotent; cheap, imports nothing heavy)."""
+    """Install the import hook (idempotent; cheap, imports nothing heavy).
+
+    Also installs :py:func:`quiet_warnings` (warnings that ``mtt`` prints before any
+    ``lorem_mta`` code runs, and in ``mtt eval`` of an exported model, which never
+    imports ``lorem_mta``).
+    """
+    quiet_warnings()
     if not any(getattr(finder, _MARKER, False) for finder in sys.meta_path):
         sys.meta_path.insert(0, _Finder())
     architectures = sys.modules.get(_ARCHITECTURES_MODULE)
     if architectures is not None and hasattr(architectures, "find_all_architectures"):
         _patch_architectures(architectures)
+    logging_module = sys.modules.get("metatrain.utils.logging")
+    if logging_module is not None and hasattr(logging_module, "setup_logging"):
+        _patch_logging(logging_module)
 
 
 def main():

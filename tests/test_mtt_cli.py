@@ -140,7 +140,10 @@ def test_restart_one_more_epoch(trained, tmp_path):
     )
     log = result.stderr + result.stdout
     assert "Restarting training from 'model.ckpt'" in log
-    assert "Epoch:    1" in log and "Epoch:    0" not in log
+    # epochs counted from 1 in the log: the restart runs the second epoch (the summary of
+    # the best epoch at the end may name the first one)
+    assert "Epoch:    2 | learning rate" in log and "Epoch:    1 | learning rate" not in log
+    assert "Using latest model from epoch 1" in log
 
     import metatomic.torch  # noqa: F401
     import torch
@@ -162,7 +165,7 @@ def test_time_budget_ends_training_early(tmp_path):
     log = result.stderr + result.stdout
     assert "Stopping after epoch 1 of 5: another epoch" in log
     assert "cpu-clock budget used); the best model, from epoch 1, is the one exported" in log
-    assert "Epoch:    1" not in log
+    assert "Epoch:    1" in log and "Epoch:    2" not in log
 
     import metatomic.torch  # noqa: F401
     import torch
@@ -174,7 +177,8 @@ def test_time_budget_ends_training_early(tmp_path):
 
 
 def _checkpoints(directory):
-    """Intermediate checkpoints ``outputs/<date>/<time>/model_<epoch>.ckpt``, by epoch."""
+    """Intermediate checkpoints ``outputs/<date>/<time>/model_<epoch>.ckpt``, by epoch
+    (counted from 1 in the name, from 0 in the checkpoint)."""
     found = list(Path(directory).glob("outputs/*/*/model_*.ckpt"))
     return sorted(found, key=lambda path: int(path.stem.split("_")[1]))
 
@@ -225,7 +229,7 @@ def test_restart_after_killed_training(tmp_path):
     written = _checkpoints(tmp_path)
     for path in written:
         checkpoint = torch.load(path, weights_only=False)
-        assert f"model_{checkpoint['epoch']}.ckpt" == path.name
+        assert f"model_{checkpoint['epoch'] + 1}.ckpt" == path.name
     last = torch.load(written[-1], weights_only=False)["epoch"]
     print(f"killed with {len(written)} checkpoint(s) written, the newest at epoch {last}")
 
@@ -237,8 +241,10 @@ def test_restart_after_killed_training(tmp_path):
     )
     log = result.stderr + result.stdout
     assert f"Restarting training from '{written[-1].relative_to(tmp_path)}'" in log
-    assert f"Epoch: {last + 1:4d}" in log
-    assert f"Epoch: {last:4d}" not in log and "Epoch:    0" not in log
+    # the checkpoint's epoch counts from 0, the log from 1
+    assert f"Epoch: {last + 2:4d} | learning rate" in log
+    assert f"Epoch: {last + 1:4d} | learning rate" not in log
+    assert "Epoch:    1 | learning rate" not in log
     checkpoint = torch.load(tmp_path / "model.ckpt", weights_only=False)
     assert checkpoint["epoch"] == total - 1
     assert (tmp_path / "model.pt").exists()

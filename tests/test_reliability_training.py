@@ -135,8 +135,8 @@ def test_divergence_criterion():
     with pytest.raises(TrainingDivergedError) as error:
         guard.check_epoch(3, 1.0001 * DIVERGENCE_FACTOR)
     message = str(error.value)
-    assert "training diverged at epoch 3" in message
-    assert "more than 10000 times the lowest one of this run (1, epoch 1)" in message
+    assert "training diverged at epoch 4" in message
+    assert "more than 10000 times the lowest one of this run (1, epoch 2)" in message
     assert "learning_rate (now 0.5)" in message
     assert "No checkpoint was written" in message
 
@@ -148,7 +148,7 @@ def test_divergence_criterion():
     guard.check_batch(1, 1.0 + 2e4)  # exactly the factor
     with pytest.raises(TrainingDivergedError) as error:
         guard.check_batch(1, 1.0 + 2e4 + 2.1e4)
-    assert "epoch 1: the training loss of a batch is 2.1e+04, more than 10000 times the " in (
+    assert "epoch 2: the training loss of a batch is 2.1e+04, more than 10000 times the " in (
         str(error.value)
     )
     assert "loss of the first batch of this run (2)" in str(error.value)
@@ -175,7 +175,7 @@ def test_huge_learning_rate_stops_with_a_clear_error(tmp_path):
     with pytest.raises(TrainingDivergedError) as error:
         _train(train, val, targets, tmp_path, num_epochs=3, learning_rate=1e8)
     message = str(error.value)
-    assert "training diverged at epoch 0: the training loss of a batch is nan" in message
+    assert "training diverged at epoch 1: the training loss of a batch is nan" in message
     assert "Lower the learning_rate (now 1e+08)" in message
     assert "No model is exported" in message
 
@@ -188,7 +188,7 @@ def test_nan_validation_loss_stops(tmp_path):
     with pytest.raises(TrainingDivergedError) as error:
         _train(train, val, targets, tmp_path, num_epochs=3, learning_rate=1.0)
     assert str(error.value).startswith(
-        "training diverged at epoch 0: the validation loss is nan (the model gives NaN or "
+        "training diverged at epoch 1: the validation loss is nan (the model gives NaN or "
         "infinite values after the last optimizer step of the epoch). No model is exported."
     )
 
@@ -217,13 +217,13 @@ def test_exploding_loss_stops_before_the_epoch_is_kept(tmp_path, monkeypatch):
         _train(train, val, targets, tmp_path, num_epochs=5, checkpoint_interval=1)
     message = str(error.value)
     # the first batch of epoch 2 is already 1e6 times larger than the first of the run
-    assert "training diverged at epoch 2: the training loss of a batch is " in message
+    assert "training diverged at epoch 3: the training loss of a batch is " in message
     assert f"more than {DIVERGENCE_FACTOR:g} times the loss of the first batch" in message
-    last = tmp_path / "model_1.ckpt"
-    assert f"'{last}' (epoch 1)" in message
+    last = tmp_path / "model_2.ckpt"
+    assert f"'{last}' (epoch 2)" in message
     assert sorted(p.name for p in tmp_path.glob("model_*.ckpt")) == [
-        "model_0.ckpt",
         "model_1.ckpt",
+        "model_2.ckpt",
     ]
     checkpoint = torch.load(last, weights_only=False)
     assert checkpoint["best_epoch"] in (0, 1)
@@ -245,7 +245,7 @@ def test_mtt_train_diverging_exports_nothing(tmp_path):
     result = run(["mtt", "train", "options.yaml"], tmp_path, check=False)
     assert result.returncode != 0
     output = result.stdout + result.stderr
-    assert "training diverged at epoch 0" in output
+    assert "training diverged at epoch 1" in output
     assert "Lower the learning_rate (now 10)" in output
     assert not (tmp_path / "model.pt").exists() and not (tmp_path / "model.ckpt").exists()
 

@@ -320,7 +320,9 @@ class TrainerHypers(TypedDict):
 
     learning_rate: float = 1e-3
     """Initial (peak) learning rate. The paper uses 1e-3 for small sets and 1e-4 to 4e-4
-    for the larger ones."""
+    for the larger ones (the default is the paper's, for its full-size model); the
+    recommended recipes for small models on small sets use 5e-3 (see "Recommended
+    recipes" in the training documentation)."""
 
     final_learning_rate: float = 1e-6
     """Learning rate reached at the end of training by the ``linear_decay`` and
@@ -338,7 +340,9 @@ class TrainerHypers(TypedDict):
 
     decay_start_epoch: int = 10
     """Number of epochs at constant learning rate before the ``linear_decay`` schedule
-    starts to decay (10 in the paper)."""
+    starts to decay (10 in the paper; the recommended recipes use a third of
+    ``num_epochs``). Must be smaller than ``num_epochs`` for the decay to happen: the log
+    warns otherwise."""
 
     warmup_fraction: float = 0.01
     """Fraction of the training steps used for the linear warm-up of the ``cosine``
@@ -357,12 +361,15 @@ class TrainerHypers(TypedDict):
     rates or noisy labels."""
 
     log_interval: int = 5
-    """Interval (in epochs) between two lines of training and validation metrics. The
-    validation set is evaluated every epoch regardless, for the best-model selection."""
+    """Interval (in epochs) between two lines of training and validation metrics (after
+    epochs ``log_interval``, ``2 * log_interval``, ..., counted from 1, and after the first
+    and the last epoch). The validation set is evaluated every epoch regardless, for the
+    best-model selection, and the errors of the best epoch are logged at the end."""
 
     checkpoint_interval: int = 100
     """Interval (in epochs) between two intermediate checkpoints ``model_<epoch>.ckpt``
-    in the output directory."""
+    in the output directory (``<epoch>`` counted from 1: ``model_100.ckpt`` is written
+    after the 100th epoch)."""
 
     atomic_baseline: FixedCompositionWeights | str = {}
     """The per-species baseline of the target (a composition model).

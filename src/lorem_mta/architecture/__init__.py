@@ -5,8 +5,13 @@ hook of the top-level ``_lorem_mta_mtt`` module (see its docstring); the
 hyperparameters live in :py:mod:`lorem_mta.documentation`.
 """
 
-from .model import LoremMta
-from .trainer import Trainer
+from .reporting import quiet_third_party
+
+# before the imports below: they import metatensor and metatrain modules that warn
+quiet_third_party()
+
+from .model import LoremMta  # noqa: E402
+from .trainer import Trainer  # noqa: E402
 
 __model__ = LoremMta
 __trainer__ = Trainer

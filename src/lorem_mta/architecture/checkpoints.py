@@ -28,7 +28,9 @@ History: model version 2 drops two index buffers of the Clebsch-Gordan tensor pr
 (``column_path`` and ``column_out``) that the contraction no longer uses; model version 3
 stores ``norm_smoothing`` and ``neutral_charges`` (older models: exact norm, charges as
 they come); trainer version 2 adds the ``time_budget``, ``time_budget_clock`` and
-``cache_neighbor_lists`` options.
+``cache_neighbor_lists`` options; trainer version 3 stores the epochs the learning-rate
+schedule spans (``schedule_epochs``, kept on restart) and the errors of the best epoch
+(``best_errors``).
 """
 
 from typing import Any, Dict
@@ -70,6 +72,15 @@ def trainer_update_v1_v2(checkpoint: Dict[str, Any]) -> None:
     hypers.setdefault("time_budget", None)
     hypers.setdefault("time_budget_clock", "wall")
     hypers.setdefault("cache_neighbor_lists", True)
+
+
+def trainer_update_v2_v3(checkpoint: Dict[str, Any]) -> None:
+    """Add the schedule span (the run's ``num_epochs``) and empty best-epoch errors.
+
+    :param checkpoint: the checkpoint dictionary, modified in place
+    """
+    checkpoint.setdefault("schedule_epochs", checkpoint["train_hypers"]["num_epochs"])
+    checkpoint.setdefault("best_errors", None)
 
 
 def upgrade(checkpoint: Dict[str, Any], kind: str, current: int) -> Dict[str, Any]:

@@ -347,7 +347,7 @@ class DivergenceGuard:
             self._stop(
                 epoch,
                 f"the training loss is {loss:.4g}, more than {self.factor:g} times the "
-                f"lowest one of this run ({self.lowest:.4g}, epoch {self.lowest_epoch})",
+                f"lowest one of this run ({self.lowest:.4g}, epoch {self.lowest_epoch + 1})",
             )
         if self.lowest is None or loss < self.lowest:
             self.lowest, self.lowest_epoch = loss, epoch
@@ -377,17 +377,18 @@ class DivergenceGuard:
         self.last_checkpoint = (epoch, str(path))
 
     def _stop(self, epoch: int, what: str) -> None:
+        # epochs are stored counted from 0 and shown counted from 1, as in the log
         if self.last_checkpoint is None:
             saved = "No checkpoint was written by this run before it diverged."
         else:
             checkpoint_epoch, path = self.last_checkpoint
             saved = (
                 f"The last checkpoint written before the divergence is '{path}' (epoch "
-                f"{checkpoint_epoch}); it holds the best model up to that epoch, which "
+                f"{checkpoint_epoch + 1}); it holds the best model up to that epoch, which "
                 "`mtt export` exports."
             )
         message = (
-            f"training diverged at epoch {epoch}: {what}. No model is exported. Lower "
+            f"training diverged at epoch {epoch + 1}: {what}. No model is exported. Lower "
             f"the learning_rate (now {self.learning_rate:g}), e.g. by a factor of 10, or "
             f"limit the steps with grad_clip_norm. {saved}"
         )

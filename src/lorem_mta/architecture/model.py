@@ -61,6 +61,7 @@ from ..model_files import LONG_RANGE_SETTINGS, hypers_json, set_long_range
 from ..modules import LoremBackbone
 from ..modules.lr_cost import METHODS as LONG_RANGE_METHODS
 from . import checkpoints
+from .reporting import float32_export_note
 
 #: name of the architecture in metatrain (options files and checkpoints)
 ARCHITECTURE_NAME = "experimental.lorem_mta"
@@ -247,18 +248,31 @@ class LoremMta(ModelInterface[ModelHypers]):
                 use_per_target_scales=True,
                 use_per_property_scales=True,
             )
+            # the baseline (thousands of eV for large structures) is added in float64
+            # and the sum rounded once to the output dtype: a float32 model is then
+            # within half a float32 step of the float64 sum (the step is 2^-10 eV at
+            # |E| of 8192-16384 eV; see docs/training.rst, "Precision")
+            dtypes: Dict[str, torch.dtype] = {}
+            baseline_systems = _float64_systems(systems)
             for additive_model in self.additive_models:
                 additive_outputs: Dict[str, ModelOutput] = {}
                 for name, request in outputs.items():
                     if name in additive_model.outputs:
                         additive_outputs[name] = request
-                contributions = additive_model(systems, additive_outputs, selected_atoms)
+                contributions = additive_model(
+                    baseline_systems, additive_outputs, selected_atoms
+                )
                 for name, contribution in contributions.items():
                     values = return_dict[name].block().values
+                    if name not in dtypes:
+                        dtypes[name] = values.dtype
+                        return_dict[name] = return_dict[name].to(dtype=torch.float64)
                     return_dict[name] = _add_baseline(
                         return_dict[name],
-                        contribution.to(device=values.device, dtype=values.dtype),
+                        contribution.to(device=values.device, dtype=torch.float64),
                     )
+            for name, dtype in dtypes.items():
+                return_dict[name] = return_dict[name].to(dtype=dtype)
         return return_dict
 
     def _dipole_layout(self, dipoles: TensorMap) -> TensorMap:
@@ -368,11 +382,14 @@ class LoremMta(ModelInterface[ModelHypers]):
             ``"export"`` the best ones
         :return: the model
         """
+        # epochs are stored counted from 0 and logged counted from 1
         if context == "restart":
-            logging.info(f"Using latest model from epoch {checkpoint['epoch']}")
+            logging.info(f"Using latest model from epoch {_epoch_number(checkpoint['epoch'])}")
             state_dict = checkpoint["model_state_dict"]
         elif context in ("finetune", "export"):
-            logging.info(f"Using best model from epoch {checkpoint['best_epoch']}")
+            logging.info(
+                f"Using best model from epoch {_epoch_number(checkpoint['best_epoch'])}"
+            )
             state_dict = checkpoint["best_model_state_dict"]
             if state_dict is None:  # no epoch was run
                 state_dict = checkpoint["model_state_dict"]
@@ -428,6 +445,13 @@ class LoremMta(ModelInterface[ModelHypers]):
         """
         return checkpoints.upgrade(checkpoint, "model", cls.__checkpoint_version__)
 
+    def _max_baseline(self) -> float:
+        """The largest magnitude of the per-species energies of the baseline."""
+        weights = self.additive_models[0].model.weights.get(self.target_name)
+        if weights is None or len(weights) == 0:
+            return 0.0
+        return max(float(block.values.abs().max()) for block in weights.blocks())
+
     def export(self, metadata: Optional[ModelMetadata] = None) -> AtomisticModel:
         """Wrap this model into a metatomic :py:class:`AtomisticModel`.
 
@@ -446,6 +470,12 @@ class LoremMta(ModelInterface[ModelHypers]):
         self.lorem.warned_missing_charge = False  # warn again in the exported model
         # the TensorMaps of the composition model are not registered buffers
         self.additive_models[0].weights_to(torch.device("cpu"), torch.float64)
+        if dtype == torch.float32:
+            note = float32_export_note(
+                self._max_baseline(), self.dataset_info.targets[self.target_name].unit
+            )
+            if note is not None:
+                logging.info(note)
 
         model_capabilities = ModelCapabilities(
             outputs=self.outputs,
@@ -481,6 +511,32 @@ def _add_baseline(total: TensorMap, baseline: TensorMap) -> TensorMap:
             values[position] = values[position] + other.values[i]
     new_block = TensorBlock(values, block.samples, block.components, block.properties)
     return TensorMap(total.keys, [new_block])
+
+
+def _float64_systems(systems: List[System]) -> List[System]:
+    """The systems in float64, for the composition baseline (types only matter).
+
+    metatrain's composition model works in the dtype of the positions: with float32
+    systems, its per-species energies would be rounded to float32 and summed in float32.
+    These copies carry no neighbour lists and no gradients (the baseline does not depend
+    on the positions).
+    """
+    if len(systems) == 0 or systems[0].positions.dtype == torch.float64:
+        return systems
+    return [
+        System(
+            types=system.types,
+            positions=system.positions.detach().to(torch.float64),
+            cell=system.cell.detach().to(torch.float64),
+            pbc=system.pbc,
+        )
+        for system in systems
+    ]
+
+
+def _epoch_number(epoch: Optional[int]) -> str:
+    """An epoch stored counted from 0, as the log shows it (counted from 1)."""
+    return "None" if epoch is None else str(epoch + 1)  # metatrain tests expect None
 
 
 def _is_bec(info: TargetInfo) -> bool:

@@ -76,7 +76,7 @@ from torch.utils.data import DistributedSampler
 
 from ..documentation import TrainerHypers
 from ..files import write_atomically
-from . import checkpoints, guards
+from . import checkpoints, guards, reporting
 from .batching import InProcessCollateFn, is_on_disk, prepare_datasets, unpack
 from .budget import TimeBudget
 from .model import LoremMta
@@ -87,6 +87,7 @@ def get_scheduler(
     hypers: TrainerHypers,
     steps_per_epoch: int,
     horizon: Optional[Callable[[], int]] = None,
+    span: Optional[int] = None,
 ) -> LambdaLR:
     """Learning-rate schedule, stepped after every optimizer step.
 
@@ -99,14 +100,17 @@ def get_scheduler(
         (``num_epochs`` if not given); with a time budget, the epochs that fit in it
         (see :py:mod:`.budget`). When it is shorter than ``num_epochs``, the linear
         decay starts at ``decay_start_epoch`` or half of it, whichever comes first.
+    :param span: the epochs of the full schedule (``num_epochs`` if not given; after a
+        restart, see :py:func:`.reporting.schedule_horizon`); later epochs run at
+        ``final_learning_rate``
     :return: the scheduler
     """
-    num_epochs = hypers["num_epochs"]
+    num_epochs = hypers["num_epochs"] if span is None else span
     final_ratio = hypers["final_learning_rate"] / hypers["learning_rate"]
     name = hypers["scheduler"]
 
     def epochs() -> int:
-        return num_epochs if horizon is None else horizon()
+        return num_epochs if horizon is None else min(num_epochs, horizon())
 
     if name == "constant":
 
@@ -152,7 +156,7 @@ class Trainer(TrainerInterface[TrainerHypers]):
         :py:class:`lorem_mta.documentation.TrainerHypers`
     """
 
-    __checkpoint_version__ = 2
+    __checkpoint_version__ = 3
 
     def __init__(self, hypers: TrainerHypers):
         super().__init__(hypers)
@@ -163,6 +167,9 @@ class Trainer(TrainerInterface[TrainerHypers]):
         self.best_metric: Optional[float] = None
         self.best_model_state_dict: Optional[Dict[str, Any]] = None
         self.best_optimizer_state_dict: Optional[Dict[str, Any]] = None
+        # epochs spanned by the learning-rate schedule, errors of the best epoch
+        self.schedule_epochs: Optional[int] = None
+        self.best_errors: Optional[Dict[str, Any]] = None
 
     def train(
         self,
@@ -271,11 +278,22 @@ class Trainer(TrainerInterface[TrainerHypers]):
             logging.info(f"{name}: {info}")
 
         optimizer = _optimizer(model, hypers)
-        # the epochs the schedule spans: `num_epochs`, or those that fit in the budget
-        horizon = [hypers["num_epochs"]]
+        start_epoch = 0 if self.epoch is None else self.epoch + 1
+        # the epochs the schedule spans: `num_epochs` (a restart keeps the first run's),
+        # or those that fit in the budget
+        stored_span = self.schedule_epochs
+        self.schedule_epochs = reporting.schedule_horizon(hypers, stored_span, start_epoch)
+        horizon = [self.schedule_epochs]
         lr_scheduler = get_scheduler(
-            optimizer, hypers, len(train_dataloader), horizon=lambda: horizon[0]
+            optimizer,
+            hypers,
+            len(train_dataloader),
+            horizon=lambda: horizon[0],
+            span=self.schedule_epochs,
         )
+        for number, line in enumerate(reporting.describe_schedule(hypers, horizon[0])):
+            (logging.warning if number > 0 else logging.info)(line)
+        reporting.log_restart_schedule(hypers, stored_span, self.schedule_epochs)
         if not raw_model.has_new_targets:
             # restart: continue the optimizer and the schedule where they stopped
             if self.optimizer_state_dict is not None:
@@ -292,7 +310,8 @@ class Trainer(TrainerInterface[TrainerHypers]):
         unit_scales = _unit_scales(raw_model.scaler, list(train_targets))
         use_mae = hypers["log_mae"] or hypers["best_model_metric"] == "mae_prod"
         num_epochs = hypers["num_epochs"]
-        start_epoch = 0 if self.epoch is None else self.epoch + 1
+        best = reporting.BestEpoch(raw_model.dataset_info)
+        best.load(self.best_errors)
         if self.best_metric is None:
             self.best_metric = float("inf")
 
@@ -371,7 +390,7 @@ class Trainer(TrainerInterface[TrainerHypers]):
                 sampler.set_epoch(epoch)
             log_epoch = (
                 epoch == start_epoch
-                or epoch % hypers["log_interval"] == 0
+                or (epoch + 1) % hypers["log_interval"] == 0  # epochs counted from 1
                 or epoch == num_epochs - 1
                 or last_in_budget
             )
@@ -398,8 +417,8 @@ class Trainer(TrainerInterface[TrainerHypers]):
                     torch.distributed.all_reduce(loss)
                 train_loss += loss.item()
                 guard.check_batch(epoch, train_loss)
-                if log_epoch:
-                    accumulate(train_accumulators, systems, predictions, targets, extra_data)
+                # every epoch: the errors of the best epoch are logged at the end
+                accumulate(train_accumulators, systems, predictions, targets, extra_data)
 
             guard.check_epoch(epoch, train_loss)
 
@@ -417,10 +436,10 @@ class Trainer(TrainerInterface[TrainerHypers]):
                     accumulate(val_accumulators, systems, predictions, targets, extra_data)
             guard.check_validation(epoch, val_loss)
             val_metrics = finalize(val_accumulators, val_loss)
+            train_metrics = finalize(train_accumulators, train_loss)
 
             # -- logging, best model, checkpoints --
             if log_epoch:
-                train_metrics = finalize(train_accumulators, train_loss)
                 if metric_logger is None:
                     metric_logger = MetricLogger(
                         log_obj=ROOT_LOGGER,
@@ -430,7 +449,7 @@ class Trainer(TrainerInterface[TrainerHypers]):
                     )
                 metric_logger.log(
                     metrics=[train_metrics, val_metrics],
-                    epoch=epoch,
+                    epoch=epoch + 1,  # counted from 1 in the log
                     rank=rank,
                     learning_rate=optimizer.param_groups[0]["lr"],
                 )
@@ -449,15 +468,17 @@ class Trainer(TrainerInterface[TrainerHypers]):
                 self.best_model_state_dict = copy.deepcopy(raw_model.state_dict())
                 self.best_epoch = epoch
                 self.best_optimizer_state_dict = copy.deepcopy(optimizer.state_dict())
+                best.update(epoch, train_metrics, val_metrics)
+                self.best_errors = best.state()
 
-            if epoch % hypers["checkpoint_interval"] == 0:
+            if (epoch + 1) % hypers["checkpoint_interval"] == 0:
                 if is_distributed:
                     torch.distributed.barrier()
                 self.optimizer_state_dict = optimizer.state_dict()
                 self.scheduler_state_dict = lr_scheduler.state_dict()
                 self.epoch = epoch
                 if rank == 0:
-                    path = Path(checkpoint_dir) / f"model_{epoch}.ckpt"
+                    path = Path(checkpoint_dir) / f"model_{epoch + 1}.ckpt"
                     self.save_checkpoint(raw_model, path)
                     guard.checkpoint_written(epoch, str(path))
 
@@ -487,6 +508,7 @@ class Trainer(TrainerInterface[TrainerHypers]):
         self.epoch = epoch
         self.optimizer_state_dict = optimizer.state_dict()
         self.scheduler_state_dict = lr_scheduler.state_dict()
+        best.log(num_epochs, rank)
 
         if is_distributed:
             torch.distributed.destroy_process_group()
@@ -616,6 +638,8 @@ class Trainer(TrainerInterface[TrainerHypers]):
                 "best_epoch": self.best_epoch,
                 "best_metric": self.best_metric,
                 "best_optimizer_state_dict": self.best_optimizer_state_dict,
+                "schedule_epochs": self.schedule_epochs,
+                "best_errors": self.best_errors,
             }
         )
         if self.best_model_state_dict is not None:
@@ -646,6 +670,8 @@ class Trainer(TrainerInterface[TrainerHypers]):
             trainer.best_metric = checkpoint["best_metric"]
             trainer.best_model_state_dict = checkpoint["best_model_state_dict"]
             trainer.best_optimizer_state_dict = checkpoint["best_optimizer_state_dict"]
+            trainer.schedule_epochs = checkpoint["schedule_epochs"]
+            trainer.best_errors = checkpoint["best_errors"]
         elif context != "finetune":
             raise ValueError(f"unknown context '{context}' for loading a trainer")
         return trainer
