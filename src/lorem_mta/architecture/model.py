@@ -145,6 +145,13 @@ class LoremMta(ModelInterface[ModelHypers]):
             description=f"last-layer features of the energy readouts for {self.target_name}",
         )
         self.last_layer_feature_size = int(backbone.last_layer_feature_size)
+        # metatrain's LLPR wrapper (2026.4) passes the uncertainty it computes itself on
+        # to the wrapped model, as `energy_uncertainty` (not as `mtt::aux::...`): skip it
+        self.llpr_uncertainty_name = (
+            "energy_uncertainty"
+            if self.target_name == "energy"
+            else "mtt::aux::" + self.target_name.replace("mtt::", "") + "_uncertainty"
+        )
         self.last_layer_parameter_names: Dict[str, List[str]] = {
             self.target_name: [
                 "lorem.backbone." + name for name in backbone.last_layer_parameter_names()
@@ -236,6 +243,8 @@ class LoremMta(ModelInterface[ModelHypers]):
                 lorem_outputs["lorem::dipole"] = request
             elif name == self.last_layer_features_name:
                 lorem_outputs["mtt::aux::energy_last_layer_features"] = request
+            elif name == self.llpr_uncertainty_name:
+                continue  # computed by the LLPR wrapper from the last-layer features
             elif name in self.outputs or name == "features":
                 lorem_outputs[name] = request
             else:
