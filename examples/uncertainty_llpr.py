@@ -14,13 +14,14 @@ This example trains a small LOREM on the cumulene (C9H4) rotor scan of
 ``../shared/data/cumulene/`` (MIT licence), fits the LLPR with ``mtt train``, and
 compares the predicted uncertainties with the actual errors on held-out structures:
 
-* **train / validation / calibration**: disjoint random frames of the scan with rotor
-  angles from 90 to 30 degrees;
-* **held-out test**: every other frame of the scan, in two groups: angles from 90 to 30
-  degrees (*interpolation*) and from 30 to 0 degrees, never seen in training
-  (*extrapolation*);
+* **train / validation / calibration**: disjoint random frames (400 / 30 / 100) of the
+  scan with rotor angles from 90 to 10 degrees;
+* **held-out test**: every other frame of the scan, in two groups: angles from 90 to 10
+  degrees (*interpolation*) and from 10 to 0 degrees, never seen in training
+  (*extrapolation*, towards the planar rotor);
 * the 21 randomly distorted cumulene structures of lorem-jax's example
-  (``lorem_jax_example_cumulene_21.xyz``, BSD-3-Clause), far from the scan (*distorted*).
+  (``lorem_jax_example_cumulene_21.xyz``, BSD-3-Clause), far from the one-dimensional
+  scan (*distorted*), reported on their own.
 
 It runs in about five minutes on one CPU core and writes ``uncertainty_llpr.png`` (in
 ``docs/_static/`` of the repository) and the numbers quoted in :doc:`/uncertainty`::
@@ -58,10 +59,10 @@ if not DATA.is_absolute():
     DATA = (REPOSITORY / DATA).resolve()
 OUTPUT = Path("outputs") / "uncertainty-llpr"
 FIGURE = REPOSITORY / "docs" / "_static" / "uncertainty_llpr.png"
-#: frames of each split taken from the 90-30 degree part of the scan
-SIZES = {"train": 150, "validation": 30, "calibration": 100}
+#: frames of each split taken from the part of the scan above HELD_OUT_ANGLE
+SIZES = {"train": 400, "validation": 30, "calibration": 100}
 #: rotor angle (degrees) below which the scan is held out of training
-HELD_OUT_ANGLE = 30.0
+HELD_OUT_ANGLE = 10.0
 
 scan = ase.io.read(DATA / "cumulene_profile_train800.extxyz", ":")
 distorted = ase.io.read(DATA / "lorem_jax_example_cumulene_21.xyz", ":")
@@ -120,11 +121,11 @@ architecture:
     num_species: 4
     num_spherical_features: 4
   training:
-    batch_size: 2
-    num_epochs: 20
+    batch_size: 8
+    num_epochs: 40
     learning_rate: 2.0e-3
     scheduler: linear_decay
-    decay_start_epoch: 5
+    decay_start_epoch: 10
     log_interval: 5
     checkpoint_interval: 1000
     loss:
