@@ -382,6 +382,37 @@ def _mtt(arguments, cwd):
     return result.stdout + result.stderr
 
 
+def _check_trained_checkpoint(path):
+    """On a trained model: features times weights give the energy minus composition.
+
+    In evaluation mode the energy is ``scale * (network) + composition``: with the
+    composition removed, it must be one constant factor (the scaler) times the energy
+    from the last-layer features.
+    """
+    from metatrain.utils.io import model_from_checkpoint
+
+    model = model_from_checkpoint(torch.load(path, weights_only=False), "export")
+    model = model.to(torch.float64).eval()
+    frames = ase.io.read(DATASET, ":6")
+    systems = _systems(model, frames)
+    requested = {
+        "energy": ModelOutput(sample_kind="system"),
+        LAST_LAYER_FEATURES: ModelOutput(sample_kind="system"),
+    }
+    with torch.no_grad():
+        outputs = model(systems, requested)
+        composition = model.additive_models[0](
+            systems, {"energy": ModelOutput(sample_kind="system")}
+        )["energy"]
+    weights, bias = _last_layer(model.state_dict(), model.last_layer_parameter_names["energy"])
+    n_atoms = torch.tensor([[len(frame)] for frame in frames], dtype=torch.float64)
+    network = outputs[LAST_LAYER_FEATURES].block().values @ weights.T + n_atoms * bias
+    scaled = outputs["energy"].block().values - composition.block().values
+    ratio = scaled / network
+    assert float(composition.block().values.abs().max()) > 0.0
+    np.testing.assert_allclose(ratio, ratio[0, 0].expand_as(ratio), rtol=1e-8)
+
+
 @pytest.mark.slow
 def test_mtt_train_llpr_on_a_lorem_checkpoint(tmp_path):
     shutil.copy(DATASET, tmp_path / "train.xyz")
@@ -389,6 +420,7 @@ def test_mtt_train_llpr_on_a_lorem_checkpoint(tmp_path):
     (tmp_path / "options.yaml").write_text(LOREM_OPTIONS.format(model=model))
     _mtt(["train", "options.yaml"], tmp_path)
     (tmp_path / "options-llpr.yaml").write_text(LLPR_OPTIONS)
+    _check_trained_checkpoint(tmp_path / "model.ckpt")
     log = _mtt(["train", "options-llpr.yaml", "-o", "model-llpr.pt"], tmp_path)
     assert "LLPR complete!" in log
 
