@@ -23,7 +23,7 @@ compares the predicted uncertainties with the actual errors on held-out structur
   (``lorem_jax_example_cumulene_21.xyz``, BSD-3-Clause), far from the one-dimensional
   scan (*distorted*), reported on their own.
 
-It runs in about five minutes on one CPU core and writes ``uncertainty_llpr.png`` (in
+It takes about 200 s of CPU time on one core and writes ``uncertainty_llpr.png`` (in
 ``docs/_static/`` of the repository) and the numbers quoted in :doc:`/uncertainty`::
 
     python examples/uncertainty_llpr.py [folder with the cumulene data]
