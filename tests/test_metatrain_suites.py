@@ -82,7 +82,7 @@ class TestOutput(OutputTests, LoremMtaTests):
     supports_spherical_outputs = False
     supports_spherical_rank2_outputs = False
     supports_spherical_atomic_basis_outputs = False
-    supports_last_layer_features = False
+    supports_last_layer_features = True
     supports_selected_atoms = True
     supports_features = True
     is_equivariant_rotations = True
@@ -92,6 +92,13 @@ class TestOutput(OutputTests, LoremMtaTests):
     @pytest.fixture
     def n_features(self, model_hypers):
         return model_hypers["num_features"]
+
+    @pytest.fixture
+    def n_last_layer_features(self, model_hypers):
+        # one block per energy readout: the initial step, the message-passing steps and
+        # the long-range block
+        n_readouts = 1 + model_hypers["num_message_passing"] + int(model_hypers["lr"])
+        return model_hypers["num_features"] * n_readouts
 
     def test_prediction_energy_subset_atoms(self, model_hypers, dataset_info):
         # metatrain's check assumes a local model: a selected monomer must not feel an

@@ -10,7 +10,10 @@ This is the only module that touches metatomic/metatensor objects. It
   from autograd through positions, cell and neighbour list);
 * validates the input (atomic types, periodicity, overlapping atoms, cells) with clear
   errors instead of NaNs;
-* returns ``energy`` (per system or per atom), ``feature`` (per-atom invariants) and
+* returns ``energy`` (per system or per atom), ``feature`` (per-atom invariants),
+  ``mtt::aux::energy_last_layer_features`` (what the last linear layers of the energy
+  readouts see, concatenated over the readouts: initial step, message-passing steps,
+  long-range block; the LLPR uncertainties of metatrain are built on them) and
   the learned long-range quantities ``lorem::charges`` and ``lorem::potentials`` as
   equivariant TensorMaps (one block per ``(o3_lambda, o3_sigma)``, components ``o3_mu``
   in ``-l..l`` order, property ``channel`` = column of the charge stack: 0 is the scalar
@@ -36,7 +39,7 @@ import math
 import os
 import types
 import warnings
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import torch
 from metatensor.torch import Labels, TensorBlock, TensorMap
@@ -50,7 +53,7 @@ from metatomic.torch import (
 )
 
 from .files import write_saved_atomically
-from .modules import LoremBackbone
+from .modules import BackboneOutput, LoremBackbone
 from .modules.dipole import dipole_contributions
 from .modules.layers import structure_index
 from .modules.long_range import slab_axis
@@ -67,6 +70,34 @@ DIPOLE_UNIT = "e*angstrom"
 TOTAL_CHARGE = "charge"
 #: Born effective charges (models with ``bec=True``)
 BORN_CHARGES = "lorem::born_effective_charges"
+#: inputs of the last layers of the energy readouts (metatrain's name, used by LLPR)
+LAST_LAYER_FEATURES = "mtt::aux::energy_last_layer_features"
+
+
+class FlatSystems(NamedTuple):
+    """A list of systems as the flat tensors of the backbone.
+
+    ``types`` ``(n_atoms,)``, ``positions`` ``(n_atoms, 3)``; ``centers``,
+    ``neighbors`` ``(n_pairs,)`` and ``vectors`` ``(n_pairs, 3)`` of the full neighbour
+    list, in the flat atom numbering; ``cells`` ``(n_systems, 3, 3)``; ``atom_ptr`` and
+    ``pair_ptr``: first atom and pair of every system, plus the totals; ``periodic``:
+    whether every system is periodic; ``n_periodic``: its number of periodic
+    directions (3, 2 for a slab or 0); ``system_index`` and ``atom_index``
+    ``(n_atoms,)``, int32: system of every atom and its index in that system.
+    """
+
+    types: torch.Tensor
+    positions: torch.Tensor
+    centers: torch.Tensor
+    neighbors: torch.Tensor
+    vectors: torch.Tensor
+    cells: torch.Tensor
+    atom_ptr: List[int]
+    pair_ptr: List[int]
+    periodic: List[bool]
+    n_periodic: List[int]
+    system_index: torch.Tensor
+    atom_index: torch.Tensor
 
 
 def check_finite_parameters(tensors: Iterable[Tuple[str, Any]], source: str) -> None:
@@ -198,6 +229,10 @@ class LoremModel(torch.nn.Module):
             "feature": ModelOutput(
                 sample_kind="atom", description="LOREM final scalar node features"
             ),
+            LAST_LAYER_FEATURES: ModelOutput(
+                sample_kind="atom",
+                description="last-layer features of the energy readouts (for LLPR)",
+            ),
         }
         if self.has_long_range:
             outputs[CHARGES] = ModelOutput(
@@ -229,6 +264,10 @@ class LoremModel(torch.nn.Module):
     ) -> Dict[str, TensorMap]:
         """Evaluate the requested outputs.
 
+        Three steps: flatten and validate the systems (:py:meth:`_flatten`), run the
+        backbone (:py:meth:`_run_backbone`), and wrap its tensors into TensorMaps
+        (:py:meth:`_scalar_outputs`, :py:meth:`_long_range_outputs`).
+
         :param systems: systems with the neighbour list of
             :py:meth:`requested_neighbor_lists` attached
         :param outputs: requested outputs
@@ -238,10 +277,39 @@ class LoremModel(torch.nn.Module):
         """
         if len(outputs) == 0:
             return {}
-        device = systems[0].positions.device
-        dtype = systems[0].positions.dtype
         self._check_dtypes(systems)
+        flat = self._flatten(systems)
+        if "lorem::dipole" in outputs:
+            self._check_dipole_request(flat.periodic)
+        n_atoms = flat.types.shape[0]
+        device = flat.positions.device
+        mask = torch.ones(n_atoms, dtype=torch.bool, device=device)
+        if selected_atoms is not None:
+            mask = self._selection_mask(selected_atoms, flat.atom_ptr, n_atoms, device)
+        output = self._run_backbone(
+            systems,
+            flat,
+            mask,
+            selected_atoms is not None,
+            "mtt::aux::energy_last_layer_features" in outputs,  # LAST_LAYER_FEATURES
+        )
+        samples = Labels(
+            ["system", "atom"],
+            torch.stack([flat.system_index, flat.atom_index], dim=1)[mask],
+        )
+        results: Dict[str, TensorMap] = {}
+        self._scalar_outputs(outputs, output, flat, mask, samples, results)
+        self._long_range_outputs(outputs, output, flat, mask, samples, results)
+        return results
 
+    def _flatten(self, systems: List[System]) -> FlatSystems:
+        """Validate the systems and concatenate them into the backbone's flat tensors.
+
+        Atoms and pairs of every system are contiguous; neighbour indices are shifted to
+        the flat atom numbering. The edge vectors are the neighbour-list values, so that
+        forces and stresses come from autograd through them.
+        """
+        device = systems[0].positions.device
         types_list: List[torch.Tensor] = []
         positions_list: List[torch.Tensor] = []
         pairs_list: List[torch.Tensor] = []
@@ -260,60 +328,99 @@ class LoremModel(torch.nn.Module):
             cells_list.append(system.cell)
             atom_ptr.append(atom_ptr[-1] + len(system))
             pair_ptr.append(pair_ptr[-1] + vectors.shape[0])
-
         types = torch.cat(types_list).to(torch.long)
         positions = torch.cat(positions_list)
         cells = torch.stack(cells_list)
         vectors = torch.cat(vectors_list)
         n_periodic = self._check_systems(systems, types, positions, cells)
-        periodic: List[bool] = [n > 0 for n in n_periodic]
         self._check_distances(vectors)
         # global atom indices of the pairs: add the first atom of every pair's system
         first_atom = torch.tensor(atom_ptr[:-1], dtype=torch.long, device=device)
         pair_system = structure_index(pair_ptr, vectors.shape[0], device)
         pairs = torch.cat(pairs_list).to(torch.long) + first_atom[pair_system].unsqueeze(1)
-        if "lorem::dipole" in outputs:
-            self._check_dipole_request(periodic)
-        mask = torch.ones(types.shape[0], dtype=torch.bool, device=device)
-        lr_atoms: Optional[torch.Tensor] = None
+        structure = structure_index(atom_ptr, types.shape[0], device)
+        atom_index = torch.arange(types.shape[0], device=device) - first_atom[structure]
+        return FlatSystems(
+            types=types,
+            positions=positions,
+            centers=pairs[:, 0],
+            neighbors=pairs[:, 1],
+            vectors=vectors,
+            cells=cells,
+            atom_ptr=atom_ptr,
+            pair_ptr=pair_ptr,
+            periodic=[n > 0 for n in n_periodic],
+            n_periodic=n_periodic,
+            system_index=structure.to(torch.int32),
+            atom_index=atom_index.to(torch.int32),
+        )
+
+    def _run_backbone(
+        self,
+        systems: List[System],
+        flat: FlatSystems,
+        mask: torch.Tensor,
+        has_selection: bool,
+        last_layer_features: bool,
+    ) -> BackboneOutput:
+        """Gather the backbone's optional inputs and run it.
+
+        The optional inputs are the total charges (``total_charge=True``), the uniform
+        electric field (``bec=True``, when not zero) and, with a selection, the atoms
+        that take part in the long-range sum (not the periodic ghosts of selected
+        atoms, see :py:meth:`_periodic_ghosts`).
+        """
+        dtype = flat.positions.dtype
+        device = flat.positions.device
         total_charges: Optional[torch.Tensor] = None
         if self.total_charge:
             total_charges = self._total_charges(systems, dtype, device)
         if self.has_long_range:
-            self._check_slabs(n_periodic, total_charges)
+            self._check_slabs(flat.n_periodic, total_charges)
         electric_field: Optional[torch.Tensor] = None
         if self.has_bec and bool((self.electric_field != 0).any()):
             electric_field = self.electric_field.to(dtype).reshape(1, 3).expand(len(systems), 3)
-        if selected_atoms is not None:
-            mask = self._selection_mask(selected_atoms, atom_ptr, types.shape[0], device)
-            if self.has_long_range or self.has_bec:
-                lr_atoms = ~self._periodic_ghosts(positions, cells, mask, atom_ptr, periodic)
-        output = self.backbone(
-            types,
-            positions,
-            pairs[:, 0],
-            pairs[:, 1],
-            vectors,
-            cells,
-            atom_ptr,
-            pair_ptr,
-            periodic,
+        lr_atoms: Optional[torch.Tensor] = None
+        if has_selection and (self.has_long_range or self.has_bec):
+            lr_atoms = ~self._periodic_ghosts(
+                flat.positions, flat.cells, mask, flat.atom_ptr, flat.periodic
+            )
+        return self.backbone(
+            flat.types,
+            flat.positions,
+            flat.centers,
+            flat.neighbors,
+            flat.vectors,
+            flat.cells,
+            flat.atom_ptr,
+            flat.pair_ptr,
+            flat.periodic,
             lr_atoms,
             total_charges,
             electric_field,
+            last_layer_features,
         )
 
-        structure = structure_index(atom_ptr, types.shape[0], device)
-        atom_index = torch.arange(types.shape[0], device=device) - first_atom[structure]
-        system_index = structure.to(torch.int32)
-        atom_index = atom_index.to(torch.int32)
-        samples = Labels(
-            ["system", "atom"], torch.stack([system_index, atom_index], dim=1)[mask]
-        )
+    def _scalar_outputs(
+        self,
+        outputs: Dict[str, ModelOutput],
+        output: BackboneOutput,
+        flat: FlatSystems,
+        mask: torch.Tensor,
+        samples: Labels,
+        results: Dict[str, TensorMap],
+    ) -> None:
+        """Add the per-atom (or summed) scalars to ``results``.
 
-        results: Dict[str, TensorMap] = {}
+        ``energy`` (atomic baseline added), ``feature``/``features`` and the
+        last-layer features of the energy readouts.
+        """
+        device = flat.positions.device
+        n_systems = len(flat.atom_ptr) - 1
         if "energy" in outputs:
-            energies = output.energies + self.atomic_baseline.to(dtype)[types]
+            energies = (
+                output.energies + self.atomic_baseline.to(flat.positions.dtype)[flat.types]
+            )
             if not self.training:
                 self._check_finite_energies(energies)
             results["energy"] = self._scalar_output(
@@ -321,27 +428,39 @@ class LoremModel(torch.nn.Module):
                 outputs["energy"],
                 mask,
                 samples,
-                system_index,
-                len(systems),
+                flat.system_index,
+                n_systems,
                 Labels(["energy"], torch.tensor([[0]], device=device)),
             )
-        for name in ["feature", "features"]:
+        for name in ["feature", "features", "mtt::aux::energy_last_layer_features"]:
             if name in outputs:
                 features = output.features
-                n_features = features.shape[1]
+                if name == "mtt::aux::energy_last_layer_features":
+                    features = output.last_layer_features
                 properties = Labels(
                     ["feature"],
-                    torch.arange(n_features, device=device).reshape(-1, 1),
+                    torch.arange(features.shape[1], device=device).reshape(-1, 1),
                 )
                 results[name] = self._scalar_output(
                     features,
                     outputs[name],
                     mask,
                     samples,
-                    system_index,
-                    len(systems),
+                    flat.system_index,
+                    n_systems,
                     properties,
                 )
+
+    def _long_range_outputs(
+        self,
+        outputs: Dict[str, ModelOutput],
+        output: BackboneOutput,
+        flat: FlatSystems,
+        mask: torch.Tensor,
+        samples: Labels,
+        results: Dict[str, TensorMap],
+    ) -> None:
+        """Add the charges, potentials, dipoles and Born effective charges to ``results``."""
         if "lorem::charges" in outputs:
             results["lorem::charges"] = self._spherical_output(output.charges[mask], samples)
         if "lorem::born_effective_charges" in outputs:
@@ -355,21 +474,21 @@ class LoremModel(torch.nn.Module):
                 output.potentials[mask], samples
             )
         if "lorem::dipole" in outputs:
+            structure = flat.system_index[mask].to(torch.long)
             contributions = dipole_contributions(
                 output.charges[:, 0][mask],
-                positions[mask],
-                system_index[mask].to(torch.long),
-                len(systems),
+                flat.positions[mask],
+                structure,
+                len(flat.atom_ptr) - 1,
                 output.atomic_dipoles[mask],
             )
             results["lorem::dipole"] = self._vector_output(
                 contributions,
                 outputs["lorem::dipole"],
                 samples,
-                system_index[mask].to(torch.long),
-                len(systems),
+                structure,
+                len(flat.atom_ptr) - 1,
             )
-        return results
 
     def _check_dipole_request(self, periodic: List[bool]) -> None:
         """Refuse dipoles of periodic systems and of models without charges."""

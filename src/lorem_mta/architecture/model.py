@@ -23,6 +23,14 @@ computed from the learned charges (``lorem::dipole`` of
 :py:class:`~lorem_mta.model.LoremModel`, see :py:mod:`lorem_mta.modules.dipole`), needs
 no extra parameters (unless ``atomic_dipoles: true``) and is never scaled, so that
 predictions stay equal to the dipole of the ``lorem::charges`` output.
+
+For metatrain's LLPR uncertainties (``architecture: name: llpr``), the model offers the
+last-layer features of its energy target, ``mtt::aux::{target}_last_layer_features``
+(``target`` without a ``mtt::`` prefix, e.g. ``mtt::aux::energy_last_layer_features``),
+with ``last_layer_feature_size`` and ``last_layer_parameter_names`` as metatrain's PET
+and SOAP-BPNN do: the energy of the network (before the scaler and the composition
+baseline) is these features times the concatenated weights of the last layers of the
+energy readouts, plus the biases of those layers.
 """
 
 import logging
@@ -51,6 +59,7 @@ from metatrain.utils.metadata import merge_metadata
 from ..documentation import ModelHypers
 from ..model import (
     DIPOLE,
+    LAST_LAYER_FEATURES,
     LoremModel,
     capabilities,
     check_finite_parameters,
@@ -128,8 +137,27 @@ class LoremMta(ModelInterface[ModelHypers]):
             )
         }
         for name, output in self.lorem.outputs().items():
-            if name != "energy":
+            if name not in ("energy", LAST_LAYER_FEATURES):
                 self.outputs[name] = output
+        # LLPR: last-layer features of the energy target (metatrain's naming)
+        self.last_layer_features_name = last_layer_features_name(self.target_name)
+        self.outputs[self.last_layer_features_name] = ModelOutput(
+            sample_kind="atom",
+            description=f"last-layer features of the energy readouts for {self.target_name}",
+        )
+        self.last_layer_feature_size = int(backbone.last_layer_feature_size)
+        # metatrain's LLPR wrapper (2026.4) passes the uncertainty it computes itself on
+        # to the wrapped model, as `energy_uncertainty` (not as `mtt::aux::...`): skip it
+        self.llpr_uncertainty_name = (
+            "energy_uncertainty"
+            if self.target_name == "energy"
+            else "mtt::aux::" + self.target_name.replace("mtt::", "") + "_uncertainty"
+        )
+        self.last_layer_parameter_names: Dict[str, List[str]] = {
+            self.target_name: [
+                "lorem.backbone." + name for name in backbone.last_layer_parameter_names()
+            ]
+        }
         self.bec_property = ""
         if self.bec_target != "":
             bec_info = dataset_info.targets[self.bec_target]
@@ -214,6 +242,10 @@ class LoremMta(ModelInterface[ModelHypers]):
                 lorem_outputs["lorem::born_effective_charges"] = request  # BORN_CHARGES
             elif name == self.dipole_target:
                 lorem_outputs["lorem::dipole"] = request
+            elif name == self.last_layer_features_name:
+                lorem_outputs["mtt::aux::energy_last_layer_features"] = request
+            elif name == self.llpr_uncertainty_name:
+                continue  # computed by the LLPR wrapper from the last-layer features
             elif name in self.outputs or name == "features":
                 lorem_outputs[name] = request
             else:
@@ -229,6 +261,8 @@ class LoremMta(ModelInterface[ModelHypers]):
         for name, tensor_map in results.items():
             if name == "energy":
                 return_dict[self.target_name] = tensor_map
+            elif name == "mtt::aux::energy_last_layer_features":  # LAST_LAYER_FEATURES
+                return_dict[self.last_layer_features_name] = tensor_map
             elif name == "lorem::born_effective_charges" and self.bec_target in outputs:
                 return_dict[self.bec_target] = _with_property(tensor_map, self.bec_property)
                 if "lorem::born_effective_charges" in outputs:
@@ -537,6 +571,15 @@ def _float64_systems(systems: List[System]) -> List[System]:
 def _epoch_number(epoch: Optional[int]) -> str:
     """An epoch stored counted from 0, as the log shows it (counted from 1)."""
     return "None" if epoch is None else str(epoch + 1)  # metatrain tests expect None
+
+
+def last_layer_features_name(target_name: str) -> str:
+    """Name of the last-layer-features output of a target, as metatrain's LLPR asks it.
+
+    :param target_name: e.g. ``"energy"`` or ``"mtt::U0"``
+    :return: ``mtt::aux::{target_name without "mtt::"}_last_layer_features``
+    """
+    return "mtt::aux::" + target_name.replace("mtt::", "") + "_last_layer_features"
 
 
 def _is_bec(info: TargetInfo) -> bool:

@@ -13,6 +13,10 @@ Reads like the paper's data flow (arXiv:2507.19382, Fig. 1 and Sec. 5):
 6. optionally, atomic dipoles from the ``l = 1`` spherical features
    (:py:mod:`~lorem_mta.modules.dipole`).
 
+Every energy readout is an MLP whose last layer is linear; on request the backbone also
+returns what these last layers see, concatenated over the stages (the *last-layer
+features* of LLPR uncertainties, see :py:meth:`LoremBackbone.last_layer_parameter_names`).
+
 :math:`E_i = E^{(0)}_i + \sum_t E^{(t)}_i + E^{LR}_i`. The backbone never sees metatomic
 objects: the adapter in :py:mod:`lorem_mta.model` flattens systems into the tensors below,
 with atoms and pairs of each structure contiguous.
@@ -39,7 +43,9 @@ class BackboneOutput(NamedTuple):
     ``(n_atoms, 1 + (L_lr + 1)^2)`` (empty with ``lr=False``); ``born_charges``: Born
     effective charges ``(n_atoms, 3, 3)`` (``(0, 3, 3)`` without ``bec``);
     ``atomic_dipoles``: Cartesian atomic dipoles ``(n_atoms, 3)`` (``(n_atoms, 0)``
-    without ``atomic_dipoles=True``).
+    without ``atomic_dipoles=True``); ``last_layer_features``: inputs of the last layers
+    of the energy readouts, concatenated over the stages,
+    ``(n_atoms, last_layer_feature_size)`` (``(n_atoms, 0)`` unless requested).
     """
 
     energies: torch.Tensor
@@ -48,6 +54,7 @@ class BackboneOutput(NamedTuple):
     potentials: torch.Tensor
     born_charges: torch.Tensor
     atomic_dipoles: torch.Tensor
+    last_layer_features: torch.Tensor
 
 
 class LoremBackbone(torch.nn.Module):
@@ -165,6 +172,25 @@ class LoremBackbone(torch.nn.Module):
                     f"max_degree >= 1, got lr={lr}, max_degree={max_degree}"
                 )
             self.atomic_dipoles = AtomicDipoles(s)
+        #: one block of ``d`` last-layer features per energy readout
+        self.last_layer_feature_size = d * (1 + num_message_passing + int(lr))
+
+    def last_layer_parameter_names(self) -> List[str]:
+        """Names of the last-layer weights, in the order of the last-layer features.
+
+        The atomic energy without the electric-field term is
+        ``last_layer_features @ concatenated weights`` plus the sum of the biases of the
+        same layers.
+
+        :return: one ``(1, d)`` weight per energy readout (initial step, message-passing
+            steps, long-range block), names relative to the backbone
+        """
+        names = ["initial.readout"]
+        names += [f"steps.{k}.readout" for k in range(len(self.steps))]
+        if self.long_range_readout is not None:
+            names.append("long_range_readout")
+        last = len(self.initial.readout.layers) - 1
+        return [f"{name}.layers.{last}.weight" for name in names]
 
     def forward(
         self,
@@ -180,6 +206,7 @@ class LoremBackbone(torch.nn.Module):
         lr_atoms: Optional[torch.Tensor] = None,
         total_charges: Optional[torch.Tensor] = None,
         electric_field: Optional[torch.Tensor] = None,
+        last_layer_features: bool = False,
     ) -> BackboneOutput:
         """Atomic energies of a batch of structures.
 
@@ -201,10 +228,13 @@ class LoremBackbone(torch.nn.Module):
             ``(n_structures, 3)``; with ``bec=True`` it adds the energy term of
             :py:func:`~lorem_mta.modules.bec.electric_field_energy`, whose forces are
             ``Z*_i E``
+        :param last_layer_features: also return the last-layer features of the energy
+            readouts (computed again from the node features of every stage: two dense
+            layers per stage, only when requested)
         :return: :py:class:`BackboneOutput`
         """
         if atomic_numbers.shape[0] == 0:
-            return self._empty_output(positions)
+            return self._empty_output(positions, last_layer_features)
         # -- initial embeddings --
         species, species_index = torch.unique(atomic_numbers, return_inverse=True)
         species_embedding = self.embedding(species)
@@ -219,12 +249,17 @@ class LoremBackbone(torch.nn.Module):
             species_embedding, species_index, centers, neighbors, radial, harmonics
         )
         spherical_stages: List[torch.Tensor] = [nodes_spherical]
+        readout_inputs: List[torch.Tensor] = []
+        if last_layer_features:
+            readout_inputs.append(self.initial.readout.last_layer_input(nodes_scalar))
         for step in self.steps:
             nodes_scalar, nodes_spherical, step_energies = step(
                 nodes_scalar, nodes_spherical, centers, neighbors, radial, harmonics
             )
             energies = energies + step_energies
             spherical_stages.append(nodes_spherical)
+            if last_layer_features:
+                readout_inputs.append(step.readout.last_layer_input(nodes_scalar))
 
         # -- long range --
         charges = torch.zeros((positions.shape[0], 0), dtype=positions.dtype)
@@ -252,6 +287,8 @@ class LoremBackbone(torch.nn.Module):
             )
             energies = energies + self.long_range_readout(nodes_scalar)[:, 0]
             spherical_stages.append(updates)
+            if last_layer_features:
+                readout_inputs.append(self.long_range_readout.last_layer_input(nodes_scalar))
 
         # -- Born effective charges --
         born_charges = torch.zeros((0, 3, 3), dtype=positions.dtype, device=positions.device)
@@ -271,11 +308,18 @@ class LoremBackbone(torch.nn.Module):
         )
         if self.atomic_dipoles is not None:
             dipoles = self.atomic_dipoles(nodes_spherical)
+        features = torch.zeros(
+            (positions.shape[0], 0), dtype=positions.dtype, device=positions.device
+        )
+        if last_layer_features:
+            features = torch.cat(readout_inputs, dim=1)
         return BackboneOutput(
-            energies, nodes_scalar, charges, potentials, born_charges, dipoles
+            energies, nodes_scalar, charges, potentials, born_charges, dipoles, features
         )
 
-    def _empty_output(self, positions: torch.Tensor) -> BackboneOutput:
+    def _empty_output(
+        self, positions: torch.Tensor, last_layer_features: bool
+    ) -> BackboneOutput:
         """Outputs of a batch without atoms (zero-length, still tied to ``positions``).
 
         The energies are built from ``positions`` so that forces of an empty system are
@@ -291,4 +335,8 @@ class LoremBackbone(torch.nn.Module):
         born_charges = torch.zeros((0, 3, 3), dtype=positions.dtype, device=positions.device)
         n_dipole = 0 if self.atomic_dipoles is None else 3
         dipoles = torch.zeros((0, n_dipole), dtype=positions.dtype, device=positions.device)
-        return BackboneOutput(energies, features, channels, channels, born_charges, dipoles)
+        n_last = self.last_layer_feature_size if last_layer_features else 0
+        last = torch.zeros((0, n_last), dtype=positions.dtype, device=positions.device)
+        return BackboneOutput(
+            energies, features, channels, channels, born_charges, dipoles, last
+        )

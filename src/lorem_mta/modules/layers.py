@@ -83,6 +83,22 @@ class MLP(torch.nn.Module):
                 x = torch.nn.functional.silu(x)
         return x
 
+    def last_layer_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the last layer of the MLP sees: every layer but the last, with SiLU.
+
+        ``self.layers[-1]`` applied to the result gives :py:meth:`forward`; these are the
+        last-layer features of LLPR uncertainties (``mtt::aux::*_last_layer_features``).
+
+        :param x: tensor of shape ``(..., in_features)``
+        :return: tensor of shape ``(..., features[-2])`` (``x`` itself for a one-layer
+            MLP)
+        """
+        n_layers = len(self.layers)
+        for k, layer in enumerate(self.layers):
+            if k != n_layers - 1:
+                x = torch.nn.functional.silu(layer(x))
+        return x
+
 
 class Update(torch.nn.Module):
     """Residual update of scalar node features (see module docstring).
