@@ -280,7 +280,7 @@ def test_nan_in_one_frame_names_file_frame_and_field(tmp_path, field, split, fra
         f"{split} set ('{path}'), frame {frame} (counted from 0): "
     )
     assert message in str(error.value)
-    assert not (run / "model_0.ckpt").exists()
+    assert not (run / "model_1.ckpt").exists()
 
     # without the options of `mtt train`, the set and the frame are still named
     with pytest.raises(ValueError, match=f"^{split} set, structure {frame} .*{message}"):
@@ -558,4 +558,4 @@ def test_metatrain_model_on_a_system_without_atoms(tmp_path):
 
 def _trained_checkpoint(train, val, targets, folder):
     _train(train, val, targets, folder, num_epochs=1)
-    return torch.load(folder / "model_0.ckpt", weights_only=False)
+    return torch.load(folder / "model_1.ckpt", weights_only=False)
