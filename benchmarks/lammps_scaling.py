@@ -4,10 +4,11 @@ Writes rattled NaCl supercells (``--sizes 8,16``: 8^3 and 16^3 cubic cells, 4 09
 32 768 atoms), exports the stages of a LOREM model with PME (``--model paper``: paper
 hyperparameters, ``small``: the test-sized network), runs
 ``examples/lammps/in.lorem`` with ``-var PAIR lorem`` for a few NVE steps on each rank
-count and reports the time per step, the share of the pair style's MPI
-gathers/reductions and of LAMMPS' own communication, the strong-scaling efficiency
-``t_1 / (n t_n)`` and the peak memory per rank (``/usr/bin/time``). Not a test: it needs
-the ``lmp`` of ``scripts/build-lammps.sh`` built with MPI.
+count and reports the median time per step (from the ``cpu`` column of the thermo output,
+one row per step), the share of the pair style's MPI reductions and charge communication
+and of LAMMPS' own communication, the strong-scaling efficiency ``t_1 / (n t_n)`` of the
+medians, the peak memory per rank (``/usr/bin/time``) and the load average of the machine.
+Not a test: it needs the ``lmp`` of ``scripts/build-lammps.sh`` built with MPI.
 
 Usage::
 
@@ -19,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -93,7 +95,7 @@ def _run(directory: Path, stages: Path, data: Path, n_ranks: int, steps: int) ->
         "300",
         "-var",
         "THERMO",
-        str(steps),
+        "1",
     ]
     env = {
         **os.environ,
@@ -113,24 +115,48 @@ def _run(directory: Path, stages: Path, data: Path, n_ranks: int, steps: int) ->
         name: float(re.search(rf"^{name}\s*\|.*\|\s*([\d.]+)\s*$", breakdown, re.M).group(1))
         for name in ("Pair", "Comm", "Neigh")
     }
-    timing = re.findall(
-        r"(\d+) evaluations\): short-range forward ([\d.]+) s, long range and backward "
-        r"([\d.]+) s, of which MPI gather/reduce ([\d.]+) s",
+    # wall time of every step: differences of the thermo "CPU" column of the NVE run
+    table = log.split("Step")[-1].split("Loop time")[0].splitlines()
+    header = ["Step", *table[0].split()]
+    cpu = [float(row.split()[header.index("CPU")]) for row in table[1:] if row.strip()]
+    per_step = [b - a for a, b in zip(cpu, cpu[1:], strict=False)]
+    timings = re.findall(
+        r"rank (\d+), (\d+) evaluations, method (\w+)\): short-range forward ([\d.]+) s, "
+        r"long range and backward ([\d.]+) s, of which MPI reductions ([\d.]+) s and charge "
+        r"communication ([\d.]+) s; peak memory ([\d.]+) MiB",
         completed.stderr,
-    )[-1]
-    evaluations = int(timing[0])
-    pair_total = float(timing[1]) + float(timing[2])
+    )
+    ranks = []
+    for rank, evaluations, method, short, long, mpi, charge_comm, memory in timings:
+        pair_total = float(short) + float(long)
+        ranks.append(
+            {
+                "rank": int(rank),
+                "evaluations": int(evaluations),
+                "method": method,
+                "pair_mpi_percent_of_pair": 100.0 * float(mpi) / pair_total,
+                "pair_charge_comm_percent_of_pair": 100.0 * float(charge_comm) / pair_total,
+                "short_range_forward_percent_of_pair": 100.0 * float(short) / pair_total,
+                "peak_memory_mib": float(memory),
+            }
+        )
+    ranks.sort(key=lambda r: r["rank"])
     return {
         "ranks": n_ranks,
-        "seconds_per_step": float(loop[0]) / int(loop[1]),
+        "seconds_per_step": statistics.median(per_step),
+        "seconds_per_step_all": per_step,
+        "seconds_per_step_mean_of_loop": float(loop[0]) / int(loop[1]),
         "pair_percent": shares["Pair"],
         "lammps_comm_percent": shares["Comm"],
-        "pair_mpi_percent_of_pair": 100.0 * float(timing[3]) / pair_total,
-        "short_range_forward_percent_of_pair": 100.0 * float(timing[1]) / pair_total,
-        "evaluations": evaluations,
+        "pair_mpi_percent_of_pair": max(r["pair_mpi_percent_of_pair"] for r in ranks),
+        "pair_charge_comm_percent_of_pair": max(
+            r["pair_charge_comm_percent_of_pair"] for r in ranks
+        ),
+        "per_rank": ranks,
         "max_rss_mb_per_rank": [
             int(kb) / 1024 for kb in re.findall(r"maxrss_kb (\d+)", completed.stderr)
         ],
+        "load_average_after": os.getloadavg(),
     }
 
 
@@ -163,6 +189,7 @@ def main():
                 directory.mkdir()
                 result = {
                     "atoms": len(atoms),
+                    "load_average_before": os.getloadavg(),
                     **_run(directory, stages, data, n_ranks, args.steps),
                 }
                 results.append(result)
@@ -182,7 +209,13 @@ def main():
             f"{r['pair_mpi_percent_of_pair']:>6.1f} {max(r['max_rss_mb_per_rank']):>8.0f}"
         )
     if args.output:
-        Path(args.output).write_text(json.dumps(results, indent=1) + "\n")
+        record = {
+            "command": "python " + " ".join(sys.argv),
+            "model": args.model,
+            "dtype": args.dtype,
+            "results": results,
+        }
+        Path(args.output).write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":
