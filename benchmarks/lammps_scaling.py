@@ -12,7 +12,7 @@ Not a test: it needs the ``lmp`` of ``scripts/build-lammps.sh`` built with MPI.
 
 Usage::
 
-    python benchmarks/lammps_scaling.py --sizes 8,16 --ranks 1,2 --steps 5 --model paper
+    python benchmarks/lammps_scaling.py --sizes 8,16 --ranks 1,2 --steps 5,3 --model small
 """
 
 import argparse
@@ -166,7 +166,9 @@ def main():
         "--sizes", default="8,16", help="NaCl supercell repeats (8 = 4096 atoms)"
     )
     parser.add_argument("--ranks", default="1,2")
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument(
+        "--steps", default="5", help="NVE steps per size (one value, or one per size)"
+    )
     parser.add_argument("--model", choices=sorted(MODELS), default="paper")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--output", help="JSON file for the results")
@@ -176,22 +178,30 @@ def main():
     backbone = LoremBackbone(cutoff=5.0, long_range_method="pme", **MODELS[args.model])
     model = LoremModel(backbone, atomic_types=[11, 17])
     results = []
+    failed = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         stages = tmp / "stages.pt"
         export_stages(model, str(stages), getattr(torch, args.dtype))
-        for size in [int(s) for s in args.sizes.split(",")]:
+        sizes = [int(s) for s in args.sizes.split(",")]
+        steps = [int(s) for s in args.steps.split(",")]
+        steps = steps * len(sizes) if len(steps) == 1 else steps
+        for size, n_steps in zip(sizes, steps, strict=True):
             data = tmp / f"nacl-{size}.data"
             atoms = nacl_supercell(size, rattle=0.05, seed=size)
             write_data(atoms, str(data), [11, 17])
             for n_ranks in [int(r) for r in args.ranks.split(",")]:
                 directory = tmp / f"{size}-{n_ranks}"
                 directory.mkdir()
-                result = {
-                    "atoms": len(atoms),
-                    "load_average_before": os.getloadavg(),
-                    **_run(directory, stages, data, n_ranks, args.steps),
-                }
+                result = {"atoms": len(atoms), "load_average_before": os.getloadavg()}
+                try:
+                    result.update(_run(directory, stages, data, n_ranks, n_steps))
+                except (RuntimeError, IndexError, ValueError) as error:
+                    # e.g. out of memory: record it and go on with the other runs
+                    result.update({"ranks": n_ranks, "error": str(error)[-1500:]})
+                    print(json.dumps(result), flush=True)
+                    failed.append(result)
+                    continue
                 results.append(result)
                 print(json.dumps(result), flush=True)
     for result in results:
@@ -212,8 +222,12 @@ def main():
         record = {
             "command": "python " + " ".join(sys.argv),
             "model": args.model,
+            "machine": f"{os.cpu_count()} CPU cores, shared with other jobs (see the load "
+            "averages of every run); medians of the per-step times",
+            "torch": torch.__version__,
             "dtype": args.dtype,
             "results": results,
+            "failed": failed,
         }
         Path(args.output).write_text(json.dumps(record, indent=1) + "\n")
 

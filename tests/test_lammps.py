@@ -531,31 +531,40 @@ def test_pair_lorem_refusals(lmp, mpirun, models, tmp_path):
     assert "needs a 3D box periodic in x and y" in log + completed.stdout
 
 
-def test_pair_lorem_nve_across_ranks(lmp, mpirun, models, tmp_path):
+@pytest.mark.parametrize(
+    ("model", "structure"),
+    [("lr", "cubic"), pytest.param("pme", "slab", marks=pytest.mark.slow)],
+)
+def test_pair_lorem_nve_across_ranks(lmp, mpirun, models, tmp_path, model, structure):
     """NVE with pair_style lorem: the same trajectory on 1, 2 and 4 ranks.
 
     The neighbour lists are rebuilt every step (``CHECK no``), so atoms that cross a
     domain boundary change rank and periodic images change cell shifts during the run;
-    the test checks that some atoms crossed the periodic boundary along the axis split
-    between the ranks.
+    for the cubic cell (Ewald) the test checks that some atoms crossed the periodic
+    boundary along the axis split between the ranks. The slab runs PME with
+    ``boundary p p f``.
     """
     from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
-    atoms = write_data.lammps_frame(_cubic())
+    slab = structure == "slab"
+    atoms = write_data.lammps_frame(_slab() if slab else _cubic())
     thermalize_momenta(atoms, temperature_K=600, rng=np.random.default_rng(6))
     Stationary(atoms)
+    variables = {"PAIR": "lorem", "STEPS": N_STEPS_RANKS, "THERMO": 10, "CHECK": "no"}
+    if slab:
+        variables["BOUNDARY"] = "p p f"
     results = {}
     for n_ranks in (1, 2, 4):
-        directory = tmp_path / f"lorem-nve-{n_ranks}"
+        directory = tmp_path / f"lorem-nve-{structure}-{n_ranks}"
         final = directory / "final.dump"
         thermo, _, completed, log = _run_lammps(
             lmp,
             directory,
-            models["lr-stages"],
+            models[f"{model}-stages"],
             atoms,
             ranks=(mpirun, n_ranks),
             extra=FINAL_DUMP.format(final),
-            variables={"PAIR": "lorem", "STEPS": N_STEPS_RANKS, "THERMO": 10, "CHECK": "no"},
+            variables=variables,
         )
         assert completed.returncode == 0, log[-3000:] + completed.stderr[-3000:]
         assert re.search(rf"Neighbor list builds = {N_STEPS_RANKS}\b", log)
@@ -563,16 +572,17 @@ def test_pair_lorem_nve_across_ranks(lmp, mpirun, models, tmp_path):
         results[n_ranks] = (thermo[-1], np.stack([dump["xu"], dump["yu"], dump["zu"]], axis=1))
     reference, positions = results[1]
     assert reference["Step"][-1] == N_STEPS_RANKS
-    # atoms crossed the periodic boundary along z, which the 2 ranks split (1 by 1 by 2)
-    height = atoms.cell.array[2, 2]
-    assert ((positions[:, 2] < 0) | (positions[:, 2] >= height)).sum() > 0
+    if not slab:
+        # atoms crossed the periodic boundary along z, which the 2 ranks split (1 by 1 by 2)
+        height = atoms.cell.array[2, 2]
+        assert ((positions[:, 2] < 0) | (positions[:, 2] >= height)).sum() > 0
     for n_ranks in (2, 4):
         thermo, other = results[n_ranks]
         assert relative_error(thermo["TotEng"], reference["TotEng"]) < 1e-10
         assert relative_error(thermo["c_pvir[1]"], reference["c_pvir[1]"]) < 1e-10
         assert np.abs(other - positions).max() < 1e-10
     drift = np.abs(reference["TotEng"] - reference["TotEng"][0]).max() / len(atoms)
-    MEASURED["lammps pair_style lorem NVE drift (eV/atom)"] = float(drift)
+    MEASURED[f"lammps pair_style lorem NVE drift {structure} (eV/atom)"] = float(drift)
     assert drift < DRIFT_BOUND
 
 
