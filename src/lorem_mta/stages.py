@@ -1,25 +1,34 @@
 r"""LOREM split into stages for domain decomposition (LAMMPS ``pair_style lorem``).
 
 A metatomic engine calls one ``forward``, which needs every atom of a periodic structure
-for the long-range sum. Split into three TorchScript methods, the same network runs
-with its atoms spread over MPI ranks and still gives the exact long-range energy:
+for the long-range sum. Split into TorchScript methods, the same network runs with its
+atoms spread over MPI ranks and still gives the exact long-range energy:
 
 1. :py:meth:`LoremStages.short_range`, on every rank: species embedding, initial step
    and message passing for the rank's atoms and its ghosts (a shell of
    ``(num_message_passing + 1) * cutoff``), returning the short-range atomic energies,
-   the node features and the latent charges;
-2. :py:meth:`LoremStages.potentials`, on the charges and positions of **all** atoms
-   (gathered over the ranks) with the periodic pairs within the cutoff given as atom
-   indices and cell shifts: the Coulomb potentials of every charge channel;
+   the node features and the latent charges (the engine then gives the ghosts the
+   charges of their owners);
+2. the distributed long range (Ewald and PME, periodic cells and slabs):
+   :py:meth:`LoremStages.lr_method` (the method for the whole structure),
+   :py:meth:`LoremStages.charge_sums` and :py:meth:`LoremStages.lr_charges` (the neutral
+   mean, from the charge sums of all ranks), :py:meth:`LoremStages.lr_sums` (what the
+   potentials need from a rank's own atoms: the PME mesh or the Ewald structure factors,
+   the total charge, a slab's moments; the engine sums them over the ranks) and
+   :py:meth:`LoremStages.lr_potentials` (the potentials of the rank's own atoms from the
+   summed sums and the real-space pairs it owns). They call the functions of
+   :py:class:`~lorem_mta.modules.long_range.CoulombPotentials` that the metatomic model
+   calls for the whole structure;
 3. :py:meth:`LoremStages.long_range_energies`, on every rank for its own atoms: the
    potentials mixed back into the features and the long-range energy readout.
 
-The stages call the modules of :py:class:`~lorem_mta.modules.LoremBackbone` (the same
-parameters, the same code as the metatomic model); :py:meth:`LoremStages.forward`
-composes them for one periodic structure, and ``tests/test_lammps_stages.py`` checks that
-it equals :py:class:`~lorem_mta.model.LoremModel`. Forces and virials come from autograd
-through the three stages; the engine adds the long-range gradients of the charges and
-positions over the ranks before the backward pass of the short-range stage (see
+:py:meth:`LoremStages.potentials` computes the potentials of all atoms of a structure
+at once (the engine's fallback for the ``"direct"`` method, with all atoms gathered).
+:py:meth:`LoremStages.forward` composes the stages for one periodic structure, and
+``tests/test_lammps_stages.py`` checks that it, and the distributed stages split over
+several fake ranks, equal :py:class:`~lorem_mta.model.LoremModel`. Forces and virials
+come from autograd through the stages; the engine sums the gradients of every summed
+quantity over the ranks before the backward pass of each rank's share (see
 ``docs/engines-lammps.rst``).
 
 Models with Born effective charges or a total-charge input are not supported here.
