@@ -123,6 +123,7 @@ EXPORT = textwrap.dedent(
     short_range = make_model(lr=False, num_message_passing=1)
     pme = make_model(max_degree_lr=1, long_range_method="pme", seed=7)
     raw = make_model(max_degree_lr=1, neutral_charges=False, seed=8)
+    direct = make_model(max_degree_lr=1, long_range_method="direct", seed=10)
     export(long_range, sys.argv[2], torch.float64)
     export(short_range, sys.argv[3], torch.float64)
     export_stages(long_range, sys.argv[4], torch.float64)
@@ -131,6 +132,8 @@ EXPORT = textwrap.dedent(
     export_stages(pme, sys.argv[7], torch.float64)
     export(raw, sys.argv[8], torch.float64)
     export_stages(raw, sys.argv[9], torch.float64)
+    export(direct, sys.argv[10], torch.float64)
+    export_stages(direct, sys.argv[11], torch.float64)
     assert "sphericart.torch" not in sys.modules  # the files list no extension
     """
 )
@@ -153,6 +156,8 @@ def models(tmp_path_factory):
         "pme-stages": directory / "pme-stages.pt",
         "raw": directory / "raw.pt",
         "raw-stages": directory / "raw-stages.pt",
+        "direct": directory / "direct.pt",
+        "direct-stages": directory / "direct-stages.pt",
     }
     completed = subprocess.run(
         [sys.executable, "-c", EXPORT, str(Path(__file__).parent), *map(str, paths.values())],
@@ -456,10 +461,11 @@ def test_pair_lorem_ranks(lmp, mpirun, models, tmp_path, model, name, n_ranks):
 
 @pytest.mark.parametrize(
     ("model", "name", "n_ranks"),
-    [("pme", "cubic", 1), ("pme", "cubic", 2), ("pme", "triclinic", 4)],
+    [("pme", "cubic", 1), ("pme", "cubic", 2), ("pme", "triclinic", 4), ("direct", "cubic", 2)],
 )
-def test_pair_lorem_pme_ranks(lmp, mpirun, models, tmp_path, model, name, n_ranks):
-    """PME (mesh spread and interpolated per rank, summed over the ranks) as metatomic-ase."""
+def test_pair_lorem_methods(lmp, mpirun, models, tmp_path, model, name, n_ranks):
+    """PME (mesh spread and interpolated per rank, summed over the ranks) and the direct
+    method (all atoms gathered on every rank) as metatomic-ase."""
     atoms = STRUCTURES[name]()
     thermo, forces, completed, log = _run_lammps(
         lmp,
@@ -471,13 +477,19 @@ def test_pair_lorem_pme_ranks(lmp, mpirun, models, tmp_path, model, name, n_rank
     )
     assert completed.returncode == 0, log[-3000:] + completed.stderr[-3000:]
     assert _n_ranks(log) == n_ranks
-    assert completed.stderr.count("method pme") == n_ranks
+    assert completed.stderr.count(f"method {model}") == n_ranks
     _check_step0(thermo, forces, models[model], write_data.lammps_frame(atoms))
 
 
 @pytest.mark.parametrize(
     ("model", "boundary", "n_ranks"),
-    [("lr", "p p f", 1), ("lr", "p p f", 2), ("lr", "p p m", 4), ("pme", "p p f", 2)],
+    [
+        ("lr", "p p f", 1),
+        ("lr", "p p f", 2),
+        ("lr", "p p m", 4),
+        ("pme", "p p f", 2),
+        ("direct", "p p f", 2),
+    ],
 )
 def test_pair_lorem_slab(lmp, mpirun, models, tmp_path, model, boundary, n_ranks):
     """A slab (boundary p p f / p p m) equals metatomic-ase with pbc = [T, T, F]."""
