@@ -64,7 +64,7 @@ def _run(directory: Path, stages: Path, data: Path, n_ranks: int, steps: int) ->
         str(n_ranks),
         time_command,
         "-f",
-        "maxrss_kb %M",
+        "maxrss_kb %M cpu_s %U %S",
         _lmp(),
         "-in",
         str(ROOT / "examples" / "lammps" / "in.lorem"),
@@ -155,6 +155,12 @@ def _run(directory: Path, stages: Path, data: Path, n_ranks: int, steps: int) ->
         "per_rank": ranks,
         "max_rss_mb_per_rank": [
             int(kb) / 1024 for kb in re.findall(r"maxrss_kb (\d+)", completed.stderr)
+        ],
+        # CPU seconds (user + system) of every rank's whole run: start-up, step 0 and the
+        # NVE steps; less sensitive to the load of a shared machine than wall times
+        "cpu_seconds_per_rank": [
+            float(user) + float(system)
+            for user, system in re.findall(r"cpu_s ([\d.]+) ([\d.]+)", completed.stderr)
         ],
         "load_average_after": os.getloadavg(),
     }
