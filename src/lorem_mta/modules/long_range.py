@@ -616,7 +616,7 @@ class CoulombPotentials(torch.nn.Module):
             return interpolator.points_to_mesh(charges).reshape(-1)
         if method != "ewald":
             raise ValueError("reciprocal sums exist for 'pme' and 'ewald', got " + method)
-        phases = ewald_kvectors(cell, self.lr_wavelength) @ positions.T
+        phases = ewald_kvectors(cell, self.planner.ewald_wavelength()) @ positions.T
         return torch.stack([torch.cos(phases) @ charges, torch.sin(phases) @ charges]).reshape(
             -1
         )
@@ -657,7 +657,7 @@ class CoulombPotentials(torch.nn.Module):
             interpolator.compute_weights(positions)
             values = interpolator.mesh_to_points(mesh_potential)
         elif method == "ewald":
-            kvectors = ewald_kvectors(cell, self.lr_wavelength)
+            kvectors = ewald_kvectors(cell, self.planner.ewald_wavelength())
             kernel = self.ewald.potential.lr_from_k_sq(torch.sum(kvectors**2, dim=-1))
             factors = sums.reshape(2, kvectors.shape[0], n_channels) * kernel.unsqueeze(-1)
             phases = kvectors @ positions.T
