@@ -62,8 +62,9 @@ class PairLorem : public Pair {
   bool slab_ = false;                   // boundary p p f or p p m: a 2D periodic slab
   std::vector<double> comm_values_;     // (nlocal + nghost) x n_channels_, for comm
 
-  // wall time of the stages and of the MPI calls of compute(), printed to stderr by
-  // rank 0 at the end when LOREM_LAMMPS_TIMING is set (benchmarks/lammps_scaling.py)
+  // wall time of the stages and of the MPI calls of compute(), the method and the peak
+  // memory, printed to stderr by every rank at the end when LOREM_LAMMPS_TIMING is set
+  // (benchmarks/lammps_scaling.py, tests/test_lammps.py)
   int rank_ = 0;
   long evaluations_ = 0;
   double time_short_range_ = 0.0, time_long_range_ = 0.0, time_mpi_ = 0.0;
