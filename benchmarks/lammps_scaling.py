@@ -4,14 +4,15 @@ Writes rattled NaCl supercells (``--sizes 8,16``: 8^3 and 16^3 cubic cells, 4 09
 32 768 atoms), exports the stages of a LOREM model with PME (``--model paper``: paper
 hyperparameters, ``small``: the test-sized network), runs
 ``examples/lammps/in.lorem`` with ``-var PAIR lorem`` for a few NVE steps on each rank
-count and reports the time per step, the share of the pair style's MPI
-gathers/reductions and of LAMMPS' own communication, the strong-scaling efficiency
-``t_1 / (n t_n)`` and the peak memory per rank (``/usr/bin/time``). Not a test: it needs
-the ``lmp`` of ``scripts/build-lammps.sh`` built with MPI.
+count and reports the median time per step (from the ``cpu`` column of the thermo output,
+one row per step), the share of the pair style's MPI reductions and charge communication
+and of LAMMPS' own communication, the strong-scaling efficiency ``t_1 / (n t_n)`` of the
+medians, the peak memory per rank (``/usr/bin/time``) and the load average of the machine.
+Not a test: it needs the ``lmp`` of ``scripts/build-lammps.sh`` built with MPI.
 
 Usage::
 
-    python benchmarks/lammps_scaling.py --sizes 8,16 --ranks 1,2 --steps 5 --model paper
+    python benchmarks/lammps_scaling.py --sizes 8,16 --ranks 1,2 --steps 5,3 --model small
 """
 
 import argparse
@@ -19,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,7 +64,7 @@ def _run(directory: Path, stages: Path, data: Path, n_ranks: int, steps: int) ->
         str(n_ranks),
         time_command,
         "-f",
-        "maxrss_kb %M",
+        "maxrss_kb %M cpu_s %U %S",
         _lmp(),
         "-in",
         str(ROOT / "examples" / "lammps" / "in.lorem"),
@@ -93,7 +95,7 @@ def _run(directory: Path, stages: Path, data: Path, n_ranks: int, steps: int) ->
         "300",
         "-var",
         "THERMO",
-        str(steps),
+        "1",
     ]
     env = {
         **os.environ,
@@ -113,24 +115,54 @@ def _run(directory: Path, stages: Path, data: Path, n_ranks: int, steps: int) ->
         name: float(re.search(rf"^{name}\s*\|.*\|\s*([\d.]+)\s*$", breakdown, re.M).group(1))
         for name in ("Pair", "Comm", "Neigh")
     }
-    timing = re.findall(
-        r"(\d+) evaluations\): short-range forward ([\d.]+) s, long range and backward "
-        r"([\d.]+) s, of which MPI gather/reduce ([\d.]+) s",
+    # wall time of every step: differences of the thermo "CPU" column of the NVE run
+    table = log.split("Step")[-1].split("Loop time")[0].splitlines()
+    header = ["Step", *table[0].split()]
+    cpu = [float(row.split()[header.index("CPU")]) for row in table[1:] if row.strip()]
+    per_step = [b - a for a, b in zip(cpu, cpu[1:], strict=False)]
+    timings = re.findall(
+        r"rank (\d+), (\d+) evaluations, method (\w+)\): short-range forward ([\d.]+) s, "
+        r"long range and backward ([\d.]+) s, of which MPI reductions ([\d.]+) s and charge "
+        r"communication ([\d.]+) s; peak memory ([\d.]+) MiB",
         completed.stderr,
-    )[-1]
-    evaluations = int(timing[0])
-    pair_total = float(timing[1]) + float(timing[2])
+    )
+    ranks = []
+    for rank, evaluations, method, short, long, mpi, charge_comm, memory in timings:
+        pair_total = float(short) + float(long)
+        ranks.append(
+            {
+                "rank": int(rank),
+                "evaluations": int(evaluations),
+                "method": method,
+                "pair_mpi_percent_of_pair": 100.0 * float(mpi) / pair_total,
+                "pair_charge_comm_percent_of_pair": 100.0 * float(charge_comm) / pair_total,
+                "short_range_forward_percent_of_pair": 100.0 * float(short) / pair_total,
+                "peak_memory_mib": float(memory),
+            }
+        )
+    ranks.sort(key=lambda r: r["rank"])
     return {
         "ranks": n_ranks,
-        "seconds_per_step": float(loop[0]) / int(loop[1]),
+        "seconds_per_step": statistics.median(per_step),
+        "seconds_per_step_all": per_step,
+        "seconds_per_step_mean_of_loop": float(loop[0]) / int(loop[1]),
         "pair_percent": shares["Pair"],
         "lammps_comm_percent": shares["Comm"],
-        "pair_mpi_percent_of_pair": 100.0 * float(timing[3]) / pair_total,
-        "short_range_forward_percent_of_pair": 100.0 * float(timing[1]) / pair_total,
-        "evaluations": evaluations,
+        "pair_mpi_percent_of_pair": max(r["pair_mpi_percent_of_pair"] for r in ranks),
+        "pair_charge_comm_percent_of_pair": max(
+            r["pair_charge_comm_percent_of_pair"] for r in ranks
+        ),
+        "per_rank": ranks,
         "max_rss_mb_per_rank": [
             int(kb) / 1024 for kb in re.findall(r"maxrss_kb (\d+)", completed.stderr)
         ],
+        # CPU seconds (user + system) of every rank's whole run: start-up, step 0 and the
+        # NVE steps; less sensitive to the load of a shared machine than wall times
+        "cpu_seconds_per_rank": [
+            float(user) + float(system)
+            for user, system in re.findall(r"cpu_s ([\d.]+) ([\d.]+)", completed.stderr)
+        ],
+        "load_average_after": os.getloadavg(),
     }
 
 
@@ -140,7 +172,9 @@ def main():
         "--sizes", default="8,16", help="NaCl supercell repeats (8 = 4096 atoms)"
     )
     parser.add_argument("--ranks", default="1,2")
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument(
+        "--steps", default="5", help="NVE steps per size (one value, or one per size)"
+    )
     parser.add_argument("--model", choices=sorted(MODELS), default="paper")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--output", help="JSON file for the results")
@@ -150,21 +184,30 @@ def main():
     backbone = LoremBackbone(cutoff=5.0, long_range_method="pme", **MODELS[args.model])
     model = LoremModel(backbone, atomic_types=[11, 17])
     results = []
+    failed = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         stages = tmp / "stages.pt"
         export_stages(model, str(stages), getattr(torch, args.dtype))
-        for size in [int(s) for s in args.sizes.split(",")]:
+        sizes = [int(s) for s in args.sizes.split(",")]
+        steps = [int(s) for s in args.steps.split(",")]
+        steps = steps * len(sizes) if len(steps) == 1 else steps
+        for size, n_steps in zip(sizes, steps, strict=True):
             data = tmp / f"nacl-{size}.data"
             atoms = nacl_supercell(size, rattle=0.05, seed=size)
             write_data(atoms, str(data), [11, 17])
             for n_ranks in [int(r) for r in args.ranks.split(",")]:
                 directory = tmp / f"{size}-{n_ranks}"
                 directory.mkdir()
-                result = {
-                    "atoms": len(atoms),
-                    **_run(directory, stages, data, n_ranks, args.steps),
-                }
+                result = {"atoms": len(atoms), "load_average_before": os.getloadavg()}
+                try:
+                    result.update(_run(directory, stages, data, n_ranks, n_steps))
+                except (RuntimeError, IndexError, ValueError) as error:
+                    # e.g. out of memory: record it and go on with the other runs
+                    result.update({"ranks": n_ranks, "error": str(error)[-1500:]})
+                    print(json.dumps(result), flush=True)
+                    failed.append(result)
+                    continue
                 results.append(result)
                 print(json.dumps(result), flush=True)
     for result in results:
@@ -182,7 +225,17 @@ def main():
             f"{r['pair_mpi_percent_of_pair']:>6.1f} {max(r['max_rss_mb_per_rank']):>8.0f}"
         )
     if args.output:
-        Path(args.output).write_text(json.dumps(results, indent=1) + "\n")
+        record = {
+            "command": "python " + " ".join(sys.argv),
+            "model": args.model,
+            "machine": f"{os.cpu_count()} CPU cores, shared with other jobs (see the load "
+            "averages of every run); medians of the per-step times",
+            "torch": torch.__version__,
+            "dtype": args.dtype,
+            "results": results,
+            "failed": failed,
+        }
+        Path(args.output).write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -116,14 +116,24 @@ EXPORT = textwrap.dedent(
     from lorem_mta.model import export
     from lorem_mta.stages import export_stages
 
-    # long range (Ewald), and short range only with one message-passing step; metatomic
-    # models for pair_style metatomic and ASE, stages for pair_style lorem
+    # long range (Ewald; PME), and short range only with one message-passing step;
+    # metatomic models for pair_style metatomic and ASE, stages for pair_style lorem; a
+    # model with raw (non-neutral) latent charges, which slabs refuse
     long_range = make_model(max_degree_lr=2)
     short_range = make_model(lr=False, num_message_passing=1)
+    pme = make_model(max_degree_lr=1, long_range_method="pme", seed=7)
+    raw = make_model(max_degree_lr=1, neutral_charges=False, seed=8)
+    direct = make_model(max_degree_lr=1, long_range_method="direct", seed=10)
     export(long_range, sys.argv[2], torch.float64)
     export(short_range, sys.argv[3], torch.float64)
     export_stages(long_range, sys.argv[4], torch.float64)
     export_stages(short_range, sys.argv[5], torch.float64)
+    export(pme, sys.argv[6], torch.float64)
+    export_stages(pme, sys.argv[7], torch.float64)
+    export(raw, sys.argv[8], torch.float64)
+    export_stages(raw, sys.argv[9], torch.float64)
+    export(direct, sys.argv[10], torch.float64)
+    export_stages(direct, sys.argv[11], torch.float64)
     assert "sphericart.torch" not in sys.modules  # the files list no extension
     """
 )
@@ -142,6 +152,12 @@ def models(tmp_path_factory):
         "sr": directory / "sr.pt",
         "lr-stages": directory / "lr-stages.pt",
         "sr-stages": directory / "sr-stages.pt",
+        "pme": directory / "pme.pt",
+        "pme-stages": directory / "pme-stages.pt",
+        "raw": directory / "raw.pt",
+        "raw-stages": directory / "raw-stages.pt",
+        "direct": directory / "direct.pt",
+        "direct-stages": directory / "direct-stages.pt",
     }
     completed = subprocess.run(
         [sys.executable, "-c", EXPORT, str(Path(__file__).parent), *map(str, paths.values())],
@@ -174,6 +190,17 @@ def _triclinic() -> ase.Atoms:
     )
     atoms.set_cell(atoms.cell.array @ rotation.T, scale_atoms=False)
     atoms.positions = atoms.positions @ rotation.T
+    return atoms
+
+
+def _slab() -> ase.Atoms:
+    """Rattled NaCl bilayer (2x2 cubic cells in-plane, 32 atoms) with 15 Å of vacuum."""
+    atoms = write_data.nacl_supercell(2, rattle=0.0)
+    atoms = atoms[atoms.positions[:, 2] < 3.0]
+    atoms.positions[:, 2] += 7.5
+    atoms.cell[2, 2] = 2.82 + 15.0
+    atoms.rattle(0.1, seed=9)
+    atoms.pbc = [True, True, False]
     return atoms
 
 
@@ -242,7 +269,8 @@ def _run_lammps(lmp, directory, model, atoms, *, ranks=None, extra="", variables
     ]
     for name, value in (variables or {}).items():
         command += ["-var", name, str(value)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # LOREM_LAMMPS_TIMING: pair_style lorem reports its method and timings on stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LOREM_LAMMPS_TIMING": "1"}
     if ranks is not None:
         prefix, n_ranks = ranks
         command = [*prefix, "-np", str(n_ranks), *command]
@@ -267,19 +295,31 @@ def _n_ranks(log: str) -> int:
 
 
 def _reference(model, atoms):
-    """Energy, forces and LAMMPS-style virial pressure (bar) from metatomic-ase."""
+    """Energy, forces and LAMMPS-style virial pressure (bar) from metatomic-ase.
+
+    For a slab, the pressure is the virial over the volume of the cell with its vacuum
+    (metatomic-ase warns that the stress of a non-periodic system is "likely wrong").
+    """
+    import warnings
+
     from metatomic_ase import MetatomicCalculator
 
     atoms = atoms.copy()
     atoms.calc = MetatomicCalculator(str(model))
-    stress = atoms.get_stress(voigt=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="stress requested")
+        stress = atoms.get_stress(voigt=False)
     # LAMMPS' virial pressure is minus the stress; order xx yy zz xy xz yz
     pressure = -EV_A3_TO_BAR * stress[[0, 1, 2, 0, 0, 1], [0, 1, 2, 1, 2, 2]]
     return atoms.get_potential_energy(), atoms.get_forces(), pressure
 
 
 def _check_step0(thermo, forces, model, frame):
-    """LAMMPS' step 0 against metatomic-ase on the structure in LAMMPS' frame."""
+    """LAMMPS' step 0 against metatomic-ase on the structure in LAMMPS' frame.
+
+    Compares the virials (pressure times volume): a shrink-wrapped box (``p p m``)
+    has another volume than the cell of the reference.
+    """
     energy, reference_forces, pressure = _reference(model, frame)
     first = thermo[0]
     assert relative_error(first["PotEng"][0], energy) < TOLERANCE
@@ -287,8 +327,8 @@ def _check_step0(thermo, forces, model, frame):
     lammps_forces = np.stack([forces["fx"], forces["fy"], forces["fz"]], axis=1)
     assert relative_error(lammps_forces, reference_forces) < TOLERANCE
     lammps_pressure = np.array([first[f"c_pvir[{k}]"][0] for k in range(1, 7)])
-    assert relative_error(lammps_pressure, pressure) < TOLERANCE
-    np.testing.assert_allclose(first["Volume"][0], frame.get_volume(), rtol=1e-14)
+    lammps_virial = lammps_pressure * first["Volume"][0]
+    assert relative_error(lammps_virial, pressure * frame.get_volume()) < TOLERANCE
     return energy
 
 
@@ -419,31 +459,124 @@ def test_pair_lorem_ranks(lmp, mpirun, models, tmp_path, model, name, n_ranks):
     _check_step0(thermo, forces, models[model], write_data.lammps_frame(atoms))
 
 
-def test_pair_lorem_nve_across_ranks(lmp, mpirun, models, tmp_path):
+@pytest.mark.parametrize(
+    ("model", "name", "n_ranks"),
+    [("pme", "cubic", 1), ("pme", "cubic", 2), ("pme", "triclinic", 4), ("direct", "cubic", 2)],
+)
+def test_pair_lorem_methods(lmp, mpirun, models, tmp_path, model, name, n_ranks):
+    """PME (mesh spread and interpolated per rank, summed over the ranks) and the direct
+    method (all atoms gathered on every rank) as metatomic-ase."""
+    atoms = STRUCTURES[name]()
+    thermo, forces, completed, log = _run_lammps(
+        lmp,
+        tmp_path / f"lorem-{model}-{name}-{n_ranks}",
+        models[f"{model}-stages"],
+        atoms,
+        ranks=(mpirun, n_ranks),
+        variables={"PAIR": "lorem"},
+    )
+    assert completed.returncode == 0, log[-3000:] + completed.stderr[-3000:]
+    assert _n_ranks(log) == n_ranks
+    assert completed.stderr.count(f"method {model}") == n_ranks
+    _check_step0(thermo, forces, models[model], write_data.lammps_frame(atoms))
+
+
+@pytest.mark.parametrize(
+    ("model", "boundary", "n_ranks"),
+    [
+        ("lr", "p p f", 1),
+        ("lr", "p p f", 2),
+        ("lr", "p p m", 4),
+        ("pme", "p p f", 2),
+        ("direct", "p p f", 2),
+    ],
+)
+def test_pair_lorem_slab(lmp, mpirun, models, tmp_path, model, boundary, n_ranks):
+    """A slab (boundary p p f / p p m) equals metatomic-ase with pbc = [T, T, F]."""
+    atoms = _slab()
+    directory = tmp_path / f"lorem-slab-{model}-{boundary[-1]}-{n_ranks}"
+    thermo, forces, completed, log = _run_lammps(
+        lmp,
+        directory,
+        models[f"{model}-stages"],
+        atoms,
+        ranks=(mpirun, n_ranks),
+        variables={"PAIR": "lorem", "BOUNDARY": boundary},
+    )
+    assert completed.returncode == 0, log[-3000:] + completed.stderr[-3000:]
+    assert _n_ranks(log) == n_ranks
+    frame = write_data.lammps_frame(atoms)
+    assert frame.pbc.tolist() == [True, True, False]
+    _check_step0(thermo, forces, models[model], frame)
+
+
+def test_pair_lorem_refusals(lmp, mpirun, models, tmp_path):
+    """Raw-charge models in a slab, and boxes open along x, are refused with a clear error."""
+    _, _, completed, log = _run_lammps(
+        lmp,
+        tmp_path / "raw-slab",
+        models["raw-stages"],
+        _slab(),
+        ranks=(mpirun, 2),
+        variables={"PAIR": "lorem", "BOUNDARY": "p p f"},
+    )
+    assert completed.returncode != 0
+    assert "needs a model with neutral latent charges" in log + completed.stdout
+    # the same model is accepted in a periodic box
+    _, _, completed, log = _run_lammps(
+        lmp,
+        tmp_path / "raw-bulk",
+        models["raw-stages"],
+        _cubic(),
+        ranks=(mpirun, 2),
+        variables={"PAIR": "lorem"},
+    )
+    assert completed.returncode == 0, log[-3000:] + completed.stderr[-3000:]
+    _, _, completed, log = _run_lammps(
+        lmp,
+        tmp_path / "open-x",
+        models["lr-stages"],
+        _slab(),
+        variables={"PAIR": "lorem", "BOUNDARY": "f p p"},
+    )
+    assert completed.returncode != 0
+    assert "needs a 3D box periodic in x and y" in log + completed.stdout
+
+
+@pytest.mark.parametrize(
+    ("model", "structure"),
+    [("lr", "cubic"), pytest.param("pme", "slab", marks=pytest.mark.slow)],
+)
+def test_pair_lorem_nve_across_ranks(lmp, mpirun, models, tmp_path, model, structure):
     """NVE with pair_style lorem: the same trajectory on 1, 2 and 4 ranks.
 
     The neighbour lists are rebuilt every step (``CHECK no``), so atoms that cross a
     domain boundary change rank and periodic images change cell shifts during the run;
-    the test checks that some atoms crossed the periodic boundary along the axis split
-    between the ranks.
+    for the cubic cell (Ewald) the test checks that some atoms crossed the periodic
+    boundary along the axis split between the ranks. The slab runs PME with
+    ``boundary p p f``.
     """
     from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
-    atoms = write_data.lammps_frame(_cubic())
+    slab = structure == "slab"
+    atoms = write_data.lammps_frame(_slab() if slab else _cubic())
     thermalize_momenta(atoms, temperature_K=600, rng=np.random.default_rng(6))
     Stationary(atoms)
+    variables = {"PAIR": "lorem", "STEPS": N_STEPS_RANKS, "THERMO": 10, "CHECK": "no"}
+    if slab:
+        variables["BOUNDARY"] = "p p f"
     results = {}
     for n_ranks in (1, 2, 4):
-        directory = tmp_path / f"lorem-nve-{n_ranks}"
+        directory = tmp_path / f"lorem-nve-{structure}-{n_ranks}"
         final = directory / "final.dump"
         thermo, _, completed, log = _run_lammps(
             lmp,
             directory,
-            models["lr-stages"],
+            models[f"{model}-stages"],
             atoms,
             ranks=(mpirun, n_ranks),
             extra=FINAL_DUMP.format(final),
-            variables={"PAIR": "lorem", "STEPS": N_STEPS_RANKS, "THERMO": 10, "CHECK": "no"},
+            variables=variables,
         )
         assert completed.returncode == 0, log[-3000:] + completed.stderr[-3000:]
         assert re.search(rf"Neighbor list builds = {N_STEPS_RANKS}\b", log)
@@ -451,16 +584,17 @@ def test_pair_lorem_nve_across_ranks(lmp, mpirun, models, tmp_path):
         results[n_ranks] = (thermo[-1], np.stack([dump["xu"], dump["yu"], dump["zu"]], axis=1))
     reference, positions = results[1]
     assert reference["Step"][-1] == N_STEPS_RANKS
-    # atoms crossed the periodic boundary along z, which the 2 ranks split (1 by 1 by 2)
-    height = atoms.cell.array[2, 2]
-    assert ((positions[:, 2] < 0) | (positions[:, 2] >= height)).sum() > 0
+    if not slab:
+        # atoms crossed the periodic boundary along z, which the 2 ranks split (1 by 1 by 2)
+        height = atoms.cell.array[2, 2]
+        assert ((positions[:, 2] < 0) | (positions[:, 2] >= height)).sum() > 0
     for n_ranks in (2, 4):
         thermo, other = results[n_ranks]
         assert relative_error(thermo["TotEng"], reference["TotEng"]) < 1e-10
         assert relative_error(thermo["c_pvir[1]"], reference["c_pvir[1]"]) < 1e-10
         assert np.abs(other - positions).max() < 1e-10
     drift = np.abs(reference["TotEng"] - reference["TotEng"][0]).max() / len(atoms)
-    MEASURED["lammps pair_style lorem NVE drift (eV/atom)"] = float(drift)
+    MEASURED[f"lammps pair_style lorem NVE drift {structure} (eV/atom)"] = float(drift)
     assert drift < DRIFT_BOUND
 
 

@@ -373,3 +373,18 @@ def test_convert_jax_leaves_no_empty_extensions_folder(tmp_path):
     )
     assert "no compiled extensions needed" in result.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+
+def test_accuracy_changed_after_construction():
+    """Ewald k-vectors follow the planner's accuracy when it is changed after training."""
+    atoms = nacl((2, 2, 2))
+    model = make_model(max_degree_lr=1, long_range_method="ewald", seed=4)
+    coarse = copy.deepcopy(model)
+    coarse.backbone.long_range.coulomb.planner.accuracy = 1e-3
+    rebuilt = make_model(
+        max_degree_lr=1, long_range_method="ewald", long_range_accuracy=1e-3, seed=4
+    )
+    energy = predict(model, [atoms]).energies.detach()
+    changed = predict(coarse, [atoms]).energies.detach()
+    assert torch.allclose(changed, predict(rebuilt, [atoms]).energies.detach(), rtol=1e-12)
+    assert not torch.allclose(changed, energy, rtol=1e-9)

@@ -30,10 +30,18 @@ import numpy as np
 def lammps_frame(atoms: ase.Atoms) -> ase.Atoms:
     """``atoms`` rotated so that its cell is lower triangular, with atoms wrapped.
 
-    Keeps the fractional coordinates; needs a right-handed, fully periodic cell.
+    Keeps the fractional coordinates; needs a right-handed cell, periodic in all
+    directions or a slab (``pbc = [True, True, False]``, LAMMPS' ``boundary p p f``)
+    whose third cell vector is perpendicular to the first two. A slab's atoms are
+    wrapped along the periodic directions only and must lie inside the cell along the
+    third (the box of ``boundary p p f``).
     """
-    if not atoms.pbc.all():
-        raise ValueError("LAMMPS boxes of in.lorem are periodic in all directions")
+    slab = is_slab(atoms)
+    if not (atoms.pbc.all() or slab):
+        raise ValueError(
+            f"LAMMPS boxes of in.lorem are periodic in all directions or slabs with "
+            f"pbc = [True, True, False], got pbc = {atoms.pbc.tolist()}"
+        )
     cell = atoms.cell.array
     if np.linalg.det(cell) <= 0:
         raise ValueError("the cell must be right-handed (positive determinant)")
@@ -47,7 +55,16 @@ def lammps_frame(atoms: ase.Atoms) -> ase.Atoms:
     new_cell = np.array([[lx, 0.0, 0.0], [xy, ly, 0.0], [xz, yz, lz]])
     if np.allclose(new_cell, cell, rtol=0.0, atol=1e-12 * lx):
         new_cell = np.tril(cell)  # already in LAMMPS' frame: keep the numbers exactly
-    fractional = atoms.cell.scaled_positions(atoms.positions) % 1.0
+    if slab and (abs(xz) + abs(yz) > 1e-12 * lx):
+        raise ValueError("a slab's third cell vector must be perpendicular to the first two")
+    fractional = atoms.cell.scaled_positions(atoms.positions)
+    fractional[:, :2] %= 1.0
+    if slab:
+        new_cell[2, :2] = 0.0
+        if fractional[:, 2].min() < 0.0 or fractional[:, 2].max() >= 1.0:
+            raise ValueError("a slab's atoms must lie inside the cell along its third vector")
+    else:
+        fractional[:, 2] %= 1.0
     rotated = atoms.copy()
     rotated.set_cell(new_cell, scale_atoms=False)
     rotated.positions = fractional @ new_cell
@@ -58,12 +75,18 @@ def lammps_frame(atoms: ase.Atoms) -> ase.Atoms:
     return rotated
 
 
+def is_slab(atoms: ase.Atoms) -> bool:
+    """Whether ``atoms`` is a slab for LAMMPS (``pbc = [True, True, False]``)."""
+    return atoms.pbc.tolist() == [True, True, False]
+
+
 def write_data(
     atoms: ase.Atoms, path: str, types: List[int], velocities: bool = False
 ) -> ase.Atoms:
     """Write ``atoms`` (rotated to LAMMPS' frame) to ``path``; return the rotated atoms.
 
-    :param atoms: a fully periodic structure
+    :param atoms: a fully periodic structure, or a slab (run in.lorem with
+        ``-var BOUNDARY "p p f"``)
     :param path: the data file to write
     :param types: atomic numbers of LAMMPS types 1..n; every atom must have one of them
     :param velocities: also write a ``Velocities`` section (Å/ps)

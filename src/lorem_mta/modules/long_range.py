@@ -68,6 +68,10 @@ __all__ = [
     "slab_axis",
     "slab_cell",
     "slab_correction",
+    "slab_frame",
+    "slab_moments",
+    "slab_normal",
+    "slab_potentials",
 ]
 
 
@@ -309,15 +313,72 @@ def slab_cell(
         :math:`z_i = (\mathbf r_i - \bar{\mathbf r}) \cdot \hat{\mathbf n}`, shape
         ``(n_atoms,)``
     """
+    origin = positions.detach().mean(dim=0)
+    normal = slab_normal(cell)
+    heights = (positions - origin) @ normal
+    thickness = float((heights.max() - heights.min()).detach()) if heights.shape[0] else 0.0
+    return slab_frame(cell, thickness, gap), heights
+
+
+def slab_normal(cell: torch.Tensor) -> torch.Tensor:
+    """Unit normal ``a x b / |a x b|`` of a slab (cell with one zero row).
+
+    :param cell: tensor of shape ``(3, 3)`` with one zero row (:py:func:`slab_axis`)
+    :return: tensor of shape ``(3,)``
+    """
     axis = slab_axis(cell)
     a = cell[1 if axis == 0 else 0]
     b = cell[1 if axis == 2 else 2]
     normal = torch.linalg.cross(a, b)
-    normal = normal / torch.linalg.norm(normal)
-    heights = (positions - positions.detach().mean(dim=0)) @ normal
-    thickness = float((heights.max() - heights.min()).detach()) if heights.shape[0] else 0.0
+    return normal / torch.linalg.norm(normal)
+
+
+def slab_frame(cell: torch.Tensor, thickness: float, gap: float) -> torch.Tensor:
+    """The internal 3D cell of a slab of a given thickness (see :py:func:`slab_cell`).
+
+    :param cell: tensor of shape ``(3, 3)`` with one zero row (:py:func:`slab_axis`)
+    :param thickness: extent of the slab's atoms along the normal, Angstrom
+    :param gap: vacuum between images, Angstrom
+    :return: tensor of shape ``(3, 3)``, rows ``a, b, L n``
+    """
+    axis = slab_axis(cell)
+    a = cell[1 if axis == 0 else 0]
+    b = cell[1 if axis == 2 else 2]
     height = 4.0 * math.ceil((thickness + gap) / 4.0)
-    return torch.stack([a, b, height * normal]), heights
+    return torch.stack([a, b, height * slab_normal(cell)])
+
+
+def slab_moments(charges: torch.Tensor, heights: torch.Tensor) -> torch.Tensor:
+    """Sums over atoms of the slab correction: ``[Q, M, S]`` (see :py:func:`slab_correction`).
+
+    Sums, so that the moments of atoms spread over MPI ranks add up.
+
+    :param charges: tensor of shape ``(n_atoms, n_channels)``
+    :param heights: heights along the normal, shape ``(n_atoms,)``
+    :return: tensor of shape ``(3, n_channels)``
+    """
+    z = heights.unsqueeze(-1)
+    return torch.stack(
+        [charges.sum(dim=0), (charges * z).sum(dim=0), (charges * z * z).sum(dim=0)]
+    )
+
+
+def slab_potentials(
+    moments: torch.Tensor, heights: torch.Tensor, volume: torch.Tensor, normal: torch.Tensor
+) -> torch.Tensor:
+    """The slab correction of :py:func:`slab_correction` from the moments of all atoms.
+
+    :param moments: :py:func:`slab_moments` of all atoms, shape ``(3, n_channels)``
+    :param heights: heights of the atoms that receive potentials, shape ``(n,)``
+    :param volume: volume of the 3D cell, scalar tensor
+    :param normal: third row of the 3D cell, shape ``(3,)``
+    :return: tensor of shape ``(n, n_channels)``
+    """
+    z = heights.unsqueeze(-1)
+    total, dipole, second = moments[0], moments[1], moments[2]
+    length_sq = (normal * normal).sum()
+    bracket = 2 * dipole * z - second - total * z * z - total * length_sq / 6
+    return torch.pi / volume * bracket
 
 
 def slab_correction(
@@ -352,13 +413,7 @@ def slab_correction(
     :param normal: third row of the 3D cell, :math:`L \hat{\mathbf n}`, shape ``(3,)``
     :return: tensor of shape ``(n_atoms, n_channels)``
     """
-    z = heights.unsqueeze(-1)
-    total = charges.sum(dim=0)
-    dipole = (charges * z).sum(dim=0)
-    second = (charges * z * z).sum(dim=0)
-    length_sq = (normal * normal).sum()
-    bracket = 2 * dipole * z - second - total * z * z - total * length_sq / 6
-    return torch.pi / volume * bracket
+    return slab_potentials(slab_moments(charges, heights), heights, volume, normal)
 
 
 class CoulombPotentials(torch.nn.Module):
@@ -525,22 +580,117 @@ class CoulombPotentials(torch.nn.Module):
         )
         if method == "direct":
             return self.direct_potentials(charges, positions, cell, level, periodic)
-        if method == "pme":
-            return self.pme(
-                charges=charges,
-                cell=cell,
-                positions=positions,
-                neighbor_indices=pairs,
-                neighbor_distances=distances,
-            )
-        return self.ewald(
-            charges=charges,
-            cell=cell,
-            positions=positions,
-            neighbor_indices=pairs,
-            neighbor_distances=distances,
-            kvectors=ewald_kvectors(cell, self.planner.ewald_wavelength()),
+        sums = self.reciprocal_sums(method, charges, positions, cell)
+        real = self.real_space(charges, pairs[:, 0], pairs[:, 1], distances, charges.shape[0])
+        return real + self.reciprocal_potentials(
+            method, sums, charges.sum(dim=0), charges, positions, cell
         )
+
+    def real_space(
+        self,
+        charges: torch.Tensor,
+        centers: torch.Tensor,
+        neighbors: torch.Tensor,
+        distances: torch.Tensor,
+        n_targets: int,
+    ) -> torch.Tensor:
+        r"""Real-space part of the Ewald sum at the pair centres.
+
+        :math:`V_i = \frac12 \sum_j q_j \mathrm{erfc}(r_{ij} / \sqrt2 \sigma) / r_{ij}`
+        over the full list of pairs within the cutoff; a domain owns the pairs whose
+        centre it owns.
+
+        :param charges: charges of every atom indexed by the pairs, ``(n, n_channels)``
+        :param centers: pair centres, shape ``(n_pairs,)``, below ``n_targets``
+        :param neighbors: pair neighbours, shape ``(n_pairs,)``
+        :param distances: pair distances, shape ``(n_pairs,)``
+        :param n_targets: number of atoms that receive potentials (the first ones)
+        :return: tensor of shape ``(n_targets, n_channels)``
+        """
+        terms = self.ewald.potential.sr_from_dist(distances).unsqueeze(-1)
+        potentials = torch.zeros(
+            (n_targets, charges.shape[1]), dtype=charges.dtype, device=charges.device
+        )
+        return potentials.index_add(0, centers, charges[neighbors] * terms) / 2
+
+    def reciprocal_sums(
+        self, method: str, charges: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor
+    ) -> torch.Tensor:
+        r"""Reciprocal-space sums of a set of charges, additive over sets of atoms.
+
+        ``"pme"``: the charges spread on the mesh with B-splines (shape
+        ``(n_channels, nx, ny, nz)``); ``"ewald"``: the structure factors
+        :math:`[\sum_j q_j \cos \mathbf k \cdot \mathbf r_j, \sum_j q_j \sin
+        \mathbf k \cdot \mathbf r_j]` of the k-vectors of :py:func:`ewald_kvectors`
+        (shape ``(2, n_k, n_channels)``). Both are flattened. The sums of the atoms of
+        every MPI rank add up to those of the whole structure.
+
+        :param method: ``"pme"`` or ``"ewald"``
+        :param charges: tensor of shape ``(n, n_channels)``
+        :param positions: tensor of shape ``(n, 3)``
+        :param cell: tensor of shape ``(3, 3)``
+        :return: flat tensor
+        """
+        if method == "pme":
+            interpolator = self.pme.mesh_interpolator
+            interpolator.update(cell, mesh_shape(cell, self.mesh_spacing))
+            interpolator.compute_weights(positions)
+            return interpolator.points_to_mesh(charges).reshape(-1)
+        if method != "ewald":
+            raise ValueError("reciprocal sums exist for 'pme' and 'ewald', got " + method)
+        phases = ewald_kvectors(cell, self.planner.ewald_wavelength()) @ positions.T
+        return torch.stack([torch.cos(phases) @ charges, torch.sin(phases) @ charges]).reshape(
+            -1
+        )
+
+    def reciprocal_potentials(
+        self,
+        method: str,
+        sums: torch.Tensor,
+        totals: torch.Tensor,
+        charges: torch.Tensor,
+        positions: torch.Tensor,
+        cell: torch.Tensor,
+    ) -> torch.Tensor:
+        """Reciprocal-space potentials at some atoms from the sums of all atoms.
+
+        Applies the Coulomb filter to :py:meth:`reciprocal_sums` of the whole
+        structure (the FFTs of PME, the Gaussian ``G(k)`` of Ewald), evaluates the
+        result at the given atoms and subtracts their self terms and the field of the
+        neutralising background.
+
+        :param method: ``"pme"`` or ``"ewald"``
+        :param sums: flat :py:meth:`reciprocal_sums` of all atoms
+        :param totals: total charge of every channel, shape ``(n_channels,)``
+        :param charges: charges of the atoms that receive potentials, ``(n, n_channels)``
+        :param positions: their positions, ``(n, 3)``
+        :param cell: tensor of shape ``(3, 3)``
+        :return: tensor of shape ``(n, n_channels)``
+        """
+        n_channels = charges.shape[1]
+        if method == "pme":
+            shape = mesh_shape(cell, self.mesh_spacing)
+            ns: List[int] = shape.tolist()
+            interpolator = self.pme.mesh_interpolator
+            interpolator.update(cell, shape)
+            self.pme.kspace_filter.update(cell, shape)
+            mesh = sums.reshape(n_channels, ns[0], ns[1], ns[2])
+            mesh_potential = self.pme.kspace_filter.forward(mesh)
+            interpolator.compute_weights(positions)
+            values = interpolator.mesh_to_points(mesh_potential)
+        elif method == "ewald":
+            kvectors = ewald_kvectors(cell, self.planner.ewald_wavelength())
+            kernel = self.ewald.potential.lr_from_k_sq(torch.sum(kvectors**2, dim=-1))
+            factors = sums.reshape(2, kvectors.shape[0], n_channels) * kernel.unsqueeze(-1)
+            phases = kvectors @ positions.T
+            values = torch.cos(phases).T @ factors[0] + torch.sin(phases).T @ factors[1]
+        else:
+            raise ValueError("reciprocal sums exist for 'pme' and 'ewald', got " + method)
+        potential = self.ewald.potential
+        inverse_volume = torch.abs(cell.det()).pow(-1)
+        values = values * inverse_volume - charges * potential.self_contribution()
+        values = values - 2 * potential.background_correction() * totals * inverse_volume
+        return values / 2
 
     def direct_potentials(
         self,
