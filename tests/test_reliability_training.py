@@ -275,7 +275,7 @@ def test_nan_in_one_frame_names_file_frame_and_field(tmp_path, field, split, fra
     run.mkdir()
     _options_restart(run, [path], 0.2)
     with pytest.raises(ValueError) as error:
-        _train(train, val, targets, run, num_epochs=1)
+        _train(train, val, targets, run, num_epochs=1, checkpoint_interval=1)
     assert str(error.value).startswith(
         f"{split} set ('{path}'), frame {frame} (counted from 0): "
     )
@@ -557,5 +557,5 @@ def test_metatrain_model_on_a_system_without_atoms(tmp_path):
 
 
 def _trained_checkpoint(train, val, targets, folder):
-    _train(train, val, targets, folder, num_epochs=1)
+    _train(train, val, targets, folder, num_epochs=1, checkpoint_interval=1)
     return torch.load(folder / "model_1.ckpt", weights_only=False)
