@@ -4,7 +4,7 @@ When a barostat scales the cell, the number of Ewald k-vectors and the PME mesh 
 in steps. Across such a step (found by bisection) the energy must not jump:
 ``E(s* + eps) - E(s* - eps)`` equals the smooth change ``2 eps dE/ds`` up to round-off
 (``benchmarks/cell_scaling.py`` measures the same on a 64-atom cell; see
-``docs/reliability.rst``, "Variable-cell runs").
+``docs/engines.rst``, "Variable-cell runs").
 """
 
 import numpy as np
@@ -16,8 +16,6 @@ from lorem_mta.modules.long_range import CoulombPotentials, ewald_kvectors
 from lorem_mta.modules.lr_cost import mesh_shape
 
 EPS = 1e-10
-#: measured jumps are below 1e-7 eV (benchmarks/results/cell_scaling.json)
-TOLERANCE = 1e-6
 
 
 def _coulomb(model) -> CoulombPotentials:
@@ -56,13 +54,20 @@ def _change_point(model, atoms, method: str, low: float, high: float) -> float:
 
 
 @pytest.mark.parametrize(
-    "method, accuracy, low, high",
-    # (the PME mesh of this cell also changes where |h_1| = cutoff, at s = 0.886, where
-    # every atom's periodic image crosses the cutoff: see the test below)
-    [("ewald", None, 0.9, 1.1), ("ewald", 1e-5, 0.9, 1.1), ("pme", 1e-5, 0.95, 1.2)],
+    "method, accuracy, low, high, tolerance",
+    # the reference Ewald sum adds k-vectors where its terms are ~1e-9 of the largest:
+    # round-off only (8e-15 eV measured); the approximate sums (accuracy 1e-5) change by
+    # up to ~1e-6 eV on a 64-atom cell (here 1e-12 and 1e-7 eV). The PME mesh of this
+    # cell also changes where |h_1| = cutoff (s = 0.886), where every atom's periodic
+    # image crosses the cutoff; the range below avoids that point (see docs/engines.rst)
+    [
+        ("ewald", None, 0.9, 1.1, 1e-10),
+        ("ewald", 1e-5, 0.9, 1.1, 1e-6),
+        ("pme", 1e-5, 0.95, 1.2, 1e-6),
+    ],
     ids=["ewald-reference", "ewald-1e-5", "pme-1e-5"],
 )
-def test_energy_continuous_under_cell_scaling(method, accuracy, low, high):
+def test_energy_continuous_under_cell_scaling(method, accuracy, low, high, tolerance):
     model = make_model(max_degree=2, long_range_method=method, long_range_accuracy=accuracy)
     atoms = nacl_cell()
     point = _change_point(model, atoms, method, low, high)
@@ -79,4 +84,4 @@ def test_energy_continuous_under_cell_scaling(method, accuracy, low, high):
         - total_energy(model, _scaled(atoms, point - 1e-4))
     ) / 2e-4
     assert abs(slope) > 1e-3  # a non-trivial energy surface
-    assert abs(change - 2 * EPS * slope) < TOLERANCE, (change, 2 * EPS * slope)
+    assert abs(change - 2 * EPS * slope) < tolerance, (change, 2 * EPS * slope)
