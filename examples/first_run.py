@@ -256,7 +256,8 @@ def plot_profile(errors: dict, frames: list, path: Path) -> None:
     axis.plot(angle[order], reference[order] - shift, "k-", lw=2, label="DFT")
     for name, style in [("lorem", "C0o"), ("lr: false", "C3s")]:
         energy = np.array(errors[name]["energy_eV"])
-        axis.plot(angle[order], energy[order] - shift, style, ms=3, label=f"LOREM, {name}")
+        label = "LOREM" if name == "lorem" else f"LOREM, {name}"
+        axis.plot(angle[order], energy[order] - shift, style, ms=3, label=label)
     axis.set_xlabel("angle between the CH2 rotor planes (degrees)")
     axis.set_ylabel("energy (eV)")
     axis.set_title("cumulene rotor scan, held-out frames")
