@@ -27,8 +27,8 @@ molecular dynamics, through the public tools only.
 
 Everything goes to ``--output`` (default ``outputs/first_run``); ``summary.json`` holds
 the numbers. ``--quick`` trains for 30 epochs instead of 100 and runs 200 MD steps
-instead of 1000 (a smoke test of the workflow: after 30 epochs the long-range model is
-not reliably ahead yet).
+instead of 1000 (a smoke test of the workflow: after 30 epochs the long-range model
+was ahead in one run, 3.95 against 17.93 meV/atom, but this was not checked over seeds).
 
 Usage: ``python examples/first_run.py [--quick] [--epochs N] [--md-steps N] [--seed N]
 [--output DIR]``.

@@ -89,9 +89,9 @@ def test_first_run_quick(tmp_path):
     assert local["energy_rmse_meV_per_atom"] == pytest.approx(
         mean["energy_rmse_meV_per_atom"], rel=0.25
     )
-    # after 30 epochs the long-range model is not reliably better yet (seed 1: 19.8
-    # against 17.9 meV/atom; the default 100 epochs: 3.9 against 17.9), so only check
-    # that neither training diverged
+    # after 30 epochs the long-range model was ahead in one run (3.95 against 17.93
+    # meV/atom) and not in another with the earlier 0.5 / 0.5 loss weights (19.8 against
+    # 17.9): not asserted; only check that neither training diverged
     assert lr["energy_rmse_meV_per_atom"] < 3 * mean["energy_rmse_meV_per_atom"]
     # NVE in float32: the total energy stays within 1 meV/atom over 200 steps
     assert 0 < summary["md_total_energy_range_eV_per_atom"] < 1e-3
