@@ -1,7 +1,7 @@
 """Build a LOREM model, export it, and run a few MD steps of periodic NaCl in ASE.
 
-This is the project's main job (see README): it exercises the whole pipeline a user
-goes through with a trained model:
+The export-and-simulate part of the pipeline on the paper's full-size network, with
+random weights (``examples/first_run.py``, the project's main job, trains a model first):
 
 1. build the LOREM network with the paper's hyperparameters (random weights here;
    ``lorem-mta convert-jax`` or training give real ones);

@@ -39,7 +39,7 @@ CHANNELS = ["q (MLP)", "Q 00", "Q 1,-1", "Q 1,0", "Q 1,1"] + [f"Q 2,{m}" for m i
 
 def learned_channels(model, atoms):
     """Charges and potentials of every atom, ``(n_atoms, n_channels)`` arrays each."""
-    system = system_from_atoms(atoms, torch.float64)
+    system = system_from_atoms(atoms, model=model)  # in the model's dtype
     attach_neighbors(model, [system])
     names = ["lorem::charges", "lorem::potentials"]
     options = ModelEvaluationOptions(

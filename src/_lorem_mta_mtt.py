@@ -24,8 +24,17 @@ that
 at interpreter start-up, so the plain ``mtt`` command works. ``lorem-mtt`` (this module's
 :py:func:`main`) does the same for interpreters that skip ``.pth`` files (``python -S``).
 
-Written against metatrain 2026.4.1 (the dependency is pinned to ``<2026.5``); switch to an
-upstream registration mechanism once metatrain has one (metatrain issue #879).
+It also points the links of metatrain's hyperparameter errors for this architecture
+(which would go to a page of metatrain's documentation that does not exist) to the file
+that documents every option, ``lorem_mta/documentation.py`` (rendered on the
+"Hyperparameters" page of the lorem_mta documentation).
+
+Written against metatrain 2026.4 (the dependency is pinned to ``<2026.5``); switch to an
+upstream registration mechanism once metatrain has one (metatrain issue #879). With a
+metatrain whose internals differ, the hook does not raise: it prints one message naming
+the installed and the supported metatrain versions (at most once per process), leaves
+metatrain unchanged (its own architectures keep working) and, when ``mtt`` then loads
+``experimental.lorem_mta``, the import error says the same.
 """
 
 import contextlib
@@ -33,6 +42,7 @@ import functools
 import importlib
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import inspect
 import os
 import sys
@@ -40,6 +50,9 @@ import warnings
 
 #: name of the architecture in metatrain options files and checkpoints
 ARCHITECTURE_NAME = "experimental.lorem_mta"
+#: the metatrain release series the hook is written for (the pin in pyproject.toml)
+SUPPORTED_METATRAIN = "2026.4"
+SUPPORTED_REQUIREMENT = "metatrain>=2026.4.1,<2026.5"
 
 _ALIASES = {
     "metatrain." + ARCHITECTURE_NAME: "lorem_mta.architecture",
@@ -59,6 +72,64 @@ _MODULE_DUNDERS = {
     "__cached__",
     "__builtins__",
 }
+_PYDANTIC_MODULE = "metatrain.utils.pydantic"
+_REPORTED = []
+
+
+def metatrain_version() -> str:
+    """The installed metatrain version (without importing metatrain).
+
+    :return: the version string, or ``"unknown"``
+    """
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        return version("metatrain")
+    except (ImportError, PackageNotFoundError):
+        return "unknown"
+
+
+def supported_metatrain() -> bool:
+    """Whether the installed metatrain is of the release series the hook is written for.
+
+    :return: true for metatrain ``2026.4.*``
+    """
+    return metatrain_version().startswith(SUPPORTED_METATRAIN + ".")
+
+
+def unsupported_message(reason: str) -> str:
+    """The message for a metatrain that the hook cannot patch.
+
+    :param reason: what failed
+    :return: one paragraph naming the installed and the supported versions
+    """
+    return (
+        f"lorem_mta: cannot register the {ARCHITECTURE_NAME} architecture with "
+        f"metatrain {metatrain_version()} ({reason}). lorem_mta supports metatrain "
+        f"{SUPPORTED_METATRAIN}.x: pip install '{SUPPORTED_REQUIREMENT}'. metatrain's own "
+        "architectures are not affected."
+    )
+
+
+def _report(reason: str) -> None:
+    """Print :py:func:`unsupported_message` to stderr, once per process."""
+    if not _REPORTED:
+        _REPORTED.append(reason)
+        sys.stderr.write(unsupported_message(reason) + "\n")
+
+
+def documentation_link(cls: str) -> str:
+    """Where the options of a hyperparameter class are documented.
+
+    :param cls: ``"ModelHypers"`` or ``"TrainerHypers"``
+    :return: the path of ``lorem_mta/documentation.py`` and the class; metatrain appends
+        ``.<option>`` to it
+    """
+    spec = importlib.util.find_spec("lorem_mta")
+    if spec is None or not spec.submodule_search_locations:
+        return f"lorem_mta.documentation.{cls}"
+    folder = list(spec.submodule_search_locations)[0]
+    return f"{folder}/documentation.py, class {cls}"
 
 
 class _AliasLoader(importlib.abc.Loader):
@@ -71,7 +142,15 @@ class _AliasLoader(importlib.abc.Loader):
         return None  # default module creation
 
     def exec_module(self, module):  # noqa: D102
-        real = importlib.import_module(self.target)
+        try:
+            real = importlib.import_module(self.target)
+        except (ImportError, AttributeError) as error:
+            if supported_metatrain():
+                raise  # a bug of lorem_mta, not a metatrain it does not know
+
+            raise ImportError(
+                unsupported_message(f"{type(error).__name__}: {error}")
+            ) from error
         for name, value in vars(real).items():
             if name not in _MODULE_DUNDERS:
                 setattr(module, name, value)
@@ -89,7 +168,7 @@ class _PatchingLoader(importlib.abc.Loader):
 
     def exec_module(self, module):  # noqa: D102
         self.loader.exec_module(module)
-        self.patch(module)
+        _patch_safely(module, self.patch)
 
 
 class _Finder(importlib.abc.MetaPathFinder):
@@ -115,6 +194,26 @@ class _Finder(importlib.abc.MetaPathFinder):
 
 
 setattr(_Finder, _MARKER, True)
+
+
+def _patch_safely(module, patch) -> None:
+    """Apply ``patch`` to a metatrain module, or print one message if this metatrain differs.
+
+    :param module: the imported metatrain module
+    :param patch: one of the values of :py:data:`_PATCHES`
+    """
+    missing = [
+        name
+        for name in _NEEDED.get(module.__name__, ())
+        if not callable(getattr(module, name, None))
+    ]
+    if missing:
+        _report(f"{module.__name__} has no {' or '.join(missing)}")
+        return
+    try:
+        patch(module)
+    except Exception as error:  # noqa: BLE001 - any failure: one message, no traceback
+        _report(f"{type(error).__name__}: {error}")
 
 
 def _patch_architectures(module) -> None:
@@ -149,6 +248,25 @@ def _patch_architectures(module) -> None:
     io = sys.modules.get("metatrain.utils.io")
     if io is not None:
         io.find_all_architectures = module.find_all_architectures
+    _patch_error_links()
+
+
+def _patch_error_links() -> None:
+    """Point hyperparameter error links of this architecture to its documentation."""
+    pydantic = sys.modules.get(_PYDANTIC_MODULE)
+    error_class = getattr(pydantic, "MetatrainArchitectureValidationError", None)
+    original = getattr(error_class, "architecture_link", None)
+    if original is None or getattr(original, _MARKER, False):
+        return  # a metatrain without these links: nothing to correct
+
+    @functools.wraps(original)
+    def architecture_link(self, cls):
+        if getattr(self, "_architecture", None) == ARCHITECTURE_NAME:
+            return documentation_link(cls)
+        return original(self, cls)
+
+    setattr(architecture_link, _MARKER, True)
+    error_class.architecture_link = architecture_link
 
 
 def _patch_train(module) -> None:
@@ -204,6 +322,13 @@ def check_checkpoint_architecture(options, restart_from=None) -> None:
             f"{found}` (with that architecture's options) to continue the '{found}' run"
         )
 
+
+#: what the patches of :py:data:`_PATCHES` use in every module
+_NEEDED = {
+    _ARCHITECTURES_MODULE: ("find_all_architectures", "preload_documentation_module"),
+    "metatrain.utils.logging": ("setup_logging",),
+    _TRAIN_MODULE: ("train_model",),
+}
 
 #: metatrain modules patched right after they are imported
 _PATCHES = {
@@ -271,12 +396,10 @@ def register() -> None:
     quiet_warnings()
     if not any(getattr(finder, _MARKER, False) for finder in sys.meta_path):
         sys.meta_path.insert(0, _Finder())
-    architectures = sys.modules.get(_ARCHITECTURES_MODULE)
-    if architectures is not None and hasattr(architectures, "find_all_architectures"):
-        _patch_architectures(architectures)
-    logging_module = sys.modules.get("metatrain.utils.logging")
-    if logging_module is not None and hasattr(logging_module, "setup_logging"):
-        _patch_logging(logging_module)
+    for name, patch in _PATCHES.items():
+        module = sys.modules.get(name)
+        if module is not None:
+            _patch_safely(module, patch)
 
 
 def main():

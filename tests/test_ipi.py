@@ -203,3 +203,36 @@ def test_ipi_matches_direct_evaluation(ipi_run):
     assert relative_error(energies, expected_energies) < TOLERANCE
     for forces, expected in zip(ipi_run["forces"], prediction.forces, strict=True):
         assert relative_error(forces, expected.detach().numpy()) < TOLERANCE
+
+
+@pytest.mark.slow
+def test_example_runs_on_unique_sockets(tmp_path):
+    """Two runs of ``examples/engines/ipi/run.py`` at once: own sockets, both complete."""
+    model = tmp_path / "model.pt"
+    export(copy.deepcopy(variant_model(VARIANT)), str(model), torch.float64)
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = [
+        subprocess.Popen(
+            [sys.executable, str(EXAMPLE / "run.py"), "--model", str(model), "--steps", "2"]
+            + ["--output", str(tmp_path / f"run{k}")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=environment,
+        )
+        for k in range(2)
+    ]
+    outputs = []
+    for process in runs:
+        try:
+            outputs.append(process.communicate(timeout=TIMEOUT)[0])
+        finally:
+            _stop(process)
+        assert process.returncode == 0, outputs[-1][-3000:]
+    sockets = [output.split("i-PI socket ")[1].split(";")[0] for output in outputs]
+    assert sockets[0] != sockets[1]
+    for k, socket in enumerate(sockets):
+        written = ET.parse(tmp_path / f"run{k}" / "input.xml").getroot()
+        assert "/tmp/ipi_" + written.find("ffsocket").find("address").text == socket
+        steps = np.atleast_2d(np.loadtxt(tmp_path / f"run{k}" / "nacl.out"))[:, 0]
+        assert steps.tolist() == [0, 1, 2]

@@ -3,10 +3,11 @@ Molecular dynamics with ASE
 ===========================
 
 An exported LOREM model is a metatomic ``AtomisticModel``: ASE runs it through
-metatomic-ase's ``MetatomicCalculator``. This example is a short version of the main
-job of the repository, ``examples/run_md.py``: build the paper's network (1 021 198
-parameters, random weights: use a trained or converted model for real work), export
-it, and run velocity-Verlet (NVE) dynamics of a rattled 64-atom rock-salt NaCl cell.
+metatomic-ase's ``MetatomicCalculator``. This example is a short version of
+``examples/run_md.py``: build the paper's network (1 021 198 parameters, random
+weights: ``examples/first_run.py``, the main job of the repository, trains a model
+and runs MD with it), export it, and run velocity-Verlet (NVE) dynamics of a rattled
+64-atom rock-salt NaCl cell.
 """
 
 # %%

@@ -43,9 +43,11 @@ In addition to the energy target, the model can output
 - ``feature``: the final scalar atomic features (``num_features`` per atom, or summed
   per structure);
 - ``lorem::charges``: the learned latent charges (with ``lr: true``), as an equivariant
-  TensorMap with one block per ``(o3_lambda, o3_sigma)``; property ``channel`` 0 is the
-  scalar MLP charge, 1 the ``l = 0`` spherical charge, 2-4 the ``l = 1`` and 5-9 the
-  ``l = 2`` components;
+  TensorMap with one block per ``(o3_lambda, o3_sigma)``: the ``o3_lambda = 0`` block has
+  two properties, ``channel`` 0 (the scalar MLP charge) and 1 (the ``l = 0`` spherical
+  charge); every ``o3_lambda = l >= 1`` block has one property, labelled
+  ``channel = 1 + l**2`` (2 for ``l = 1``, 5 for ``l = 2``: the position of its first
+  ``o3_mu`` component in the flat stack of ``1 + (max_degree_lr + 1)**2`` charges);
 - ``lorem::potentials``: the Coulomb potentials of those charges, same layout;
 - ``lorem::dipole``: the dipole moment of molecules (with ``lr: true``), a
   per-structure Cartesian vector in ``e*angstrom``, see "Dipole moments" below.

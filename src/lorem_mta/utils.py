@@ -6,6 +6,7 @@ attach the neighbour list the model asks for (with autograd through positions an
 and get energy, forces and the virial ``W = dE/d(strain)`` (ASE stress times volume).
 """
 
+import itertools
 from typing import Dict, List, NamedTuple, Optional
 
 import ase
@@ -24,21 +25,55 @@ class Prediction(NamedTuple):
     outputs: Dict[str, TensorMap]
 
 
+def model_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype a model computes in, which its input systems must have.
+
+    :param model: an exported ``AtomisticModel`` (``load_atomistic_model``; its
+        ``capabilities().dtype``) or an eager module such as
+        :py:class:`~lorem_mta.model.LoremModel` (the dtype of its first floating-point
+        parameter or buffer; float64 for a module without any)
+    :return: ``torch.float32`` or ``torch.float64``
+    """
+    capabilities = getattr(model, "capabilities", None)
+    if callable(capabilities):
+        name = capabilities().dtype
+        if name not in ("float32", "float64"):
+            raise ValueError(f"the model computes in {name!r}; expected float32 or float64")
+        return getattr(torch, name)
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float64
+
+
 def system_from_atoms(
     atoms: ase.Atoms,
-    dtype: torch.dtype = torch.float64,
+    dtype: Optional[torch.dtype] = None,
     positions: Optional[torch.Tensor] = None,
     strain: Optional[torch.Tensor] = None,
+    model: Optional[torch.nn.Module] = None,
 ) -> System:
     """Convert ASE atoms to a metatomic ``System`` (positions and cell times ``strain``).
 
     :param atoms: the structure; periodicity from ``atoms.pbc``
-    :param dtype: dtype of positions and cell
+    :param dtype: dtype of positions and cell; by default the dtype of ``model``
+        (:py:func:`model_dtype`), float64 without a model
     :param positions: optional ``(n_atoms, 3)`` tensor to use instead of
         ``atoms.positions`` (e.g. a leaf that requires gradients)
     :param strain: optional ``(3, 3)`` matrix applied to positions and cell
+    :param model: the model the system is for (sets the dtype)
     :return: the system
     """
+    if model is not None:
+        expected = model_dtype(model)
+        if dtype is not None and dtype != expected:
+            raise ValueError(
+                f"system_from_atoms: dtype {dtype} differs from the model's {expected} "
+                "(leave dtype out to take the model's)"
+            )
+        dtype = expected
+    elif dtype is None:
+        dtype = torch.float64
     if positions is None:
         positions = torch.tensor(atoms.positions, dtype=dtype)
     pbc = torch.tensor(atoms.pbc, dtype=torch.bool)
@@ -89,7 +124,7 @@ def _empty_neighbors(system: System) -> TensorBlock:
 def predict(
     model: torch.nn.Module,
     structures: List[ase.Atoms],
-    dtype: torch.dtype = torch.float64,
+    dtype: Optional[torch.dtype] = None,
     extra_outputs: Optional[List[str]] = None,
     selected_atoms: Optional[Labels] = None,
     create_graph: bool = False,
@@ -98,12 +133,14 @@ def predict(
 
     :param model: a :py:class:`~lorem_mta.model.LoremModel`
     :param structures: ASE structures
-    :param dtype: dtype to evaluate in
+    :param dtype: dtype to evaluate in (by default the model's, :py:func:`model_dtype`)
     :param extra_outputs: names of further outputs to return (e.g. ``lorem::charges``)
     :param selected_atoms: optional selection passed to the model
     :param create_graph: keep the graph of the derivatives (for force training)
     :return: :py:class:`Prediction`
     """
+    if dtype is None:
+        dtype = model_dtype(model)
     strains = [torch.eye(3, dtype=dtype).requires_grad_(True) for _ in range(len(structures))]
     leaves = [
         torch.tensor(atoms.positions, dtype=dtype).requires_grad_(True) for atoms in structures
