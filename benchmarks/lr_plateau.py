@@ -20,22 +20,13 @@ from pathlib import Path
 import ase.io
 import numpy as np
 import torch
+from accuracy import HYPERS  # the small model of the accuracy benchmark
 
 from lorem_mta.model import LoremModel
 from lorem_mta.modules import LoremBackbone
 from lorem_mta.utils import predict
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cumulene"
-HYPERS = {
-    "cutoff": 5.0,
-    "max_degree": 2,
-    "max_degree_lr": 2,
-    "num_features": 32,
-    "num_radial": 16,
-    "num_species": 8,
-    "num_spherical_features": 4,
-    "num_message_passing": 0,
-}
 #: components of degree 0, 1 and 2 in the ``(L + 1)^2`` axis
 DEGREES = {0: slice(0, 1), 1: slice(1, 4), 2: slice(4, 9)}
 

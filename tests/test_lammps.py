@@ -431,6 +431,24 @@ def test_lammps_refuses_long_range_on_two_ranks(lmp, mpirun, models, tmp_path):
     assert "interaction_range is infinite" in log + completed.stdout + completed.stderr
 
 
+def _check_pair_lorem(lmp, mpirun, models, tmp_path, model, name, n_ranks):
+    """Run ``pair_style lorem`` on ``n_ranks`` and compare step 0 with metatomic-ase (the
+    metatomic model of the same network); return the completed process."""
+    atoms = STRUCTURES[name]()
+    thermo, forces, completed, log = _run_lammps(
+        lmp,
+        tmp_path / f"lorem-{model}-{name}-{n_ranks}",
+        models[f"{model}-stages"],
+        atoms,
+        ranks=(mpirun, n_ranks),
+        variables={"PAIR": "lorem"},
+    )
+    assert completed.returncode == 0, log[-3000:] + completed.stderr[-3000:]
+    assert _n_ranks(log) == n_ranks
+    _check_step0(thermo, forces, models[model], write_data.lammps_frame(atoms))
+    return completed
+
+
 @pytest.mark.parametrize(
     ("model", "name", "n_ranks"),
     [
@@ -444,19 +462,7 @@ def test_lammps_refuses_long_range_on_two_ranks(lmp, mpirun, models, tmp_path):
 )
 def test_pair_lorem_ranks(lmp, mpirun, models, tmp_path, model, name, n_ranks):
     """pair_style lorem on 1, 2 and 4 ranks: exact long range, as metatomic-ase."""
-    atoms = STRUCTURES[name]()
-    thermo, forces, completed, log = _run_lammps(
-        lmp,
-        tmp_path / f"lorem-{model}-{name}-{n_ranks}",
-        models[f"{model}-stages"],
-        atoms,
-        ranks=(mpirun, n_ranks),
-        variables={"PAIR": "lorem"},
-    )
-    assert completed.returncode == 0, log[-3000:] + completed.stderr[-3000:]
-    assert _n_ranks(log) == n_ranks
-    # the reference is the metatomic model of the same network in ASE
-    _check_step0(thermo, forces, models[model], write_data.lammps_frame(atoms))
+    _check_pair_lorem(lmp, mpirun, models, tmp_path, model, name, n_ranks)
 
 
 @pytest.mark.parametrize(
@@ -466,19 +472,8 @@ def test_pair_lorem_ranks(lmp, mpirun, models, tmp_path, model, name, n_ranks):
 def test_pair_lorem_methods(lmp, mpirun, models, tmp_path, model, name, n_ranks):
     """PME (mesh spread and interpolated per rank, summed over the ranks) and the direct
     method (all atoms gathered on every rank) as metatomic-ase."""
-    atoms = STRUCTURES[name]()
-    thermo, forces, completed, log = _run_lammps(
-        lmp,
-        tmp_path / f"lorem-{model}-{name}-{n_ranks}",
-        models[f"{model}-stages"],
-        atoms,
-        ranks=(mpirun, n_ranks),
-        variables={"PAIR": "lorem"},
-    )
-    assert completed.returncode == 0, log[-3000:] + completed.stderr[-3000:]
-    assert _n_ranks(log) == n_ranks
+    completed = _check_pair_lorem(lmp, mpirun, models, tmp_path, model, name, n_ranks)
     assert completed.stderr.count(f"method {model}") == n_ranks
-    _check_step0(thermo, forces, models[model], write_data.lammps_frame(atoms))
 
 
 @pytest.mark.parametrize(
