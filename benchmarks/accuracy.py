@@ -305,11 +305,13 @@ def train(model: str, seed: int, args: argparse.Namespace, data_dir: Path) -> di
             folder,
             "--config",
             config,
+            *([] if args.cpu_budget is None else ["--cpu-budget", args.cpu_budget]),
         ],
         folder,
         folder / "driver.log",
     )
-    train_wall = json.loads((folder / "timing.json").read_text())["train_wall_s"]
+    timing = json.loads((folder / "timing.json").read_text())
+    train_wall = timing["train_wall_s"]
     train_cpu = CPU_TIMES[-1]  # data preparation, compilation and training
     # lorem-train's own timing of its training loop (after start-up, before wrap-up)
     loop = re.search(r"\U0001f684\s+\S+\s+\(([0-9.]+)s\)", (folder / "train.log").read_text())
@@ -331,6 +333,10 @@ def train(model: str, seed: int, args: argparse.Namespace, data_dir: Path) -> di
         "train_wall_s": train_wall,
         "prepare_and_train_wall_s": wall,
         "prepare_and_train_cpu_s": train_cpu,
+        # lorem-train's own process (compilation and training), and whether the CPU
+        # budget stopped it
+        "train_cpu_s": timing.get("train_cpu_s"),
+        "stopped_at_cpu_budget": timing.get("stopped_at_cpu_budget", False),
         "train_loop_wall_s": float(loop.group(1)) if loop else None,
         "convert_wall_s": convert_wall,
     }
@@ -615,7 +621,9 @@ def main() -> None:
         default=None,
         help="equal compute instead of equal epochs: lorem_mta trains with "
         "`time_budget` of this many CPU seconds (`--epochs` is then an upper limit); "
-        "lorem-jax, which has no such option, trains for --jax-epochs epochs",
+        "lorem-jax, which has no such option, trains for --jax-epochs epochs and is "
+        "stopped when its process has used the budget (its best checkpoint so far is "
+        "evaluated)",
     )
     parser.add_argument(
         "--jax-epochs",
