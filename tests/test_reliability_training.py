@@ -31,6 +31,7 @@ import yaml
 from _helpers import energy_target, molecule, nacl_cell
 from metatrain.utils.architectures import get_default_hypers
 from metatrain.utils.data import DatasetInfo, get_atomic_types, get_dataset
+from test_training_loop import DATASET, MODEL  # the tiny model and data set
 
 import lorem_mta.architecture.trainer as trainer_module
 from lorem_mta.architecture import LoremMta, Trainer
@@ -42,15 +43,6 @@ from lorem_mta.architecture.guards import (
 )
 
 TESTS = Path(__file__).resolve().parent
-DATASET = TESTS / "resources" / "metatrain" / "hcno_lj.xyz"
-MODEL = {
-    "max_degree": 1,
-    "max_degree_lr": 1,
-    "num_features": 4,
-    "num_spherical_features": 1,
-    "num_radial": 4,
-    "num_species": 2,
-}
 
 
 def _dataset(path: Path, forces: bool = True, indices=None):
