@@ -334,15 +334,15 @@ def test_metatrain_target_errors():
 
 
 def test_dipole_scale_is_fixed_to_one():
-    from lorem_mta.architecture.trainer import _fixed_scaling_weights
+    from lorem_mta.architecture.options import fixed_scaling_weights
 
-    assert _fixed_scaling_weights({}, "") == {}
-    assert _fixed_scaling_weights({"energy": 2.0}, "mtt::dipole") == {
+    assert fixed_scaling_weights({}, "") == {}
+    assert fixed_scaling_weights({"energy": 2.0}, "mtt::dipole") == {
         "energy": 2.0,
         "mtt::dipole": 1.0,
     }
     with pytest.raises(ValueError, match="fixed to 1"):
-        _fixed_scaling_weights({"mtt::dipole": 3.0}, "mtt::dipole")
+        fixed_scaling_weights({"mtt::dipole": 3.0}, "mtt::dipole")
 
 
 # -- mtt train --------------------------------------------------------------------------

@@ -4,15 +4,16 @@ Training stops after the last epoch that ends within the budget: after every epo
 run stops if one more epoch (as long as the last one) would not fit in what is left.
 The learning-rate schedule follows the budget instead of ``num_epochs``: after every
 epoch, :py:meth:`TimeBudget.expected_epochs` estimates from the mean epoch time how many
-epochs the run will reach, and the schedule of :py:func:`.trainer.get_scheduler` decays
+epochs the run will reach, and the schedule of :py:func:`.optimization.get_scheduler` decays
 to ``final_learning_rate`` at that epoch. The best model is selected on the validation
 set after every epoch as usual, so the checkpoint that ``mtt train`` exports at the end
-is the best one of the epochs that were run.
+is the best one of the epochs that were run. :py:func:`decide` makes these decisions
+after every epoch.
 """
 
 import math
 import time
-from typing import List, Optional
+from typing import Callable, List, NamedTuple, Optional
 
 
 class TimeBudget:
@@ -85,3 +86,55 @@ class TimeBudget:
     def describe(self) -> str:
         """The budget and its use so far, for the log."""
         return f"{self.used():.0f} s of the {self.seconds:g} s {self.clock}-clock budget used"
+
+
+class Decision(NamedTuple):
+    """What the time budget decides after an epoch."""
+
+    stop: bool
+    """stop now: one more epoch would not fit"""
+    horizon: int
+    """the epochs the run is expected to reach (the schedule decays to that epoch)"""
+    last_in_budget: bool
+    """the next epoch may be the last one (it is logged)"""
+
+
+def decide(
+    budget: TimeBudget,
+    epochs_done: int,
+    num_epochs: int,
+    share: Callable[[List[int]], List[int]],
+) -> Decision:
+    """Whether to stop, and the epochs the run will reach, after an epoch.
+
+    :param budget: the budget, with the epoch that just ended recorded
+    :param epochs_done: epochs finished so far, including those of earlier runs
+    :param num_epochs: the configured number of epochs
+    :param share: gives every process the values of rank 0 (the epochs, logs and
+        learning rates of a distributed run must agree)
+    :return: the decision
+    """
+    values = [
+        int(not budget.fits(1)),
+        budget.expected_epochs(epochs_done, num_epochs),
+        int(not budget.fits(3)),  # the next epoch may be the last one
+    ]
+    stop, horizon, last_in_budget = share(values)
+    return Decision(bool(stop), horizon, bool(last_in_budget))
+
+
+def stop_message(budget: TimeBudget, epochs_done: int, num_epochs: int, best_epoch: int) -> str:
+    """The log line when the budget stops training.
+
+    :param budget: the budget
+    :param epochs_done: epochs finished so far (the last one counted from 1)
+    :param num_epochs: the configured number of epochs
+    :param best_epoch: the epoch of the best model (counted from 0)
+    :return: the line
+    """
+    return (
+        f"Stopping after epoch {epochs_done} of {num_epochs}: another epoch "
+        f"({budget.epoch_times[-1]:.1f} s) would not fit in the time budget "
+        f"({budget.describe()}); the best model, from epoch "
+        f"{best_epoch + 1}, is the one exported"
+    )

@@ -33,7 +33,13 @@ schedule spans (``schedule_epochs``, kept on restart) and the errors of the best
 (``best_errors``).
 """
 
+import os
+from pathlib import Path
 from typing import Any, Dict
+
+import torch
+
+from ..files import write_atomically
 
 
 def model_update_v1_v2(checkpoint: Dict[str, Any]) -> None:
@@ -104,3 +110,22 @@ def upgrade(checkpoint: Dict[str, Any], kind: str, current: int) -> Dict[str, An
             f"{checkpoint[key]}, while the current {kind} version is {current}."
         )
     return checkpoint
+
+
+def atomic_save(checkpoint: Dict[str, Any], path: Path) -> None:
+    """``torch.save`` to a temporary file next to ``path``, then rename it.
+
+    An interrupted write never leaves a truncated checkpoint (see
+    :py:func:`lorem_mta.files.write_atomically`).
+
+    :param checkpoint: the checkpoint dictionary
+    :param path: the checkpoint file
+    """
+
+    def write(temporary: str) -> None:
+        with open(temporary, "wb") as file:
+            torch.save(checkpoint, file)
+            file.flush()
+            os.fsync(file.fileno())
+
+    write_atomically(str(path), write)

@@ -1,0 +1,268 @@
+"""One epoch of LOREM training: the optimizer steps, then the validation.
+
+:py:class:`EpochRunner` evaluates the model on a batch (per atom and in scaled units,
+as the loss sees it), steps the optimizer and the learning-rate schedule after every
+training batch, and accumulates the errors of every batch in the units of the dataset
+(RMSE, and MAE when they are logged or select the best model). The divergence guard
+(:py:mod:`.guards`) sees the running loss after every batch and the losses of the
+epoch.
+"""
+
+from typing import Any, Dict, List, Tuple
+
+import torch
+import torch.distributed
+from metatrain.utils.evaluate_model import evaluate_model
+from metatrain.utils.metrics import MAEAccumulator, RMSEAccumulator
+from metatrain.utils.per_atom import average_by_num_atoms
+from metatrain.utils.transfer import batch_to
+
+from ..documentation import TrainerHypers
+from .batching import unpack
+from .distributed import Placement
+from .guards import DivergenceGuard
+from .model import LoremMta
+
+# systems, predictions, targets and extra data of a batch
+Batch = Tuple[Any, Dict[str, Any], Dict[str, Any], Dict[str, Any]]
+
+
+class EpochRunner:
+    """Training and validation epochs of one training run.
+
+    :param model: the model, or its distributed wrapper
+    :param raw_model: the model itself (its scaler and dataset information)
+    :param loss_fn: the loss (metatrain's ``LossAggregator``)
+    :param hypers: trainer hyperparameters (``per_structure_targets``, ``log_mae``,
+        ``best_model_metric``, ``log_separate_blocks``, ``grad_clip_norm``)
+    :param dtype: dtype of the training
+    :param placement: device and distributed set-up of this process
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        raw_model: LoremMta,
+        loss_fn: Any,
+        hypers: TrainerHypers,
+        dtype: torch.dtype,
+        placement: Placement,
+    ) -> None:
+        self.model = model
+        self.scaler = raw_model.scaler
+        self.loss_fn = loss_fn
+        self.hypers = hypers
+        self.dtype = dtype
+        self.placement = placement
+        self.targets = raw_model.dataset_info.targets
+        self.per_structure_targets = hypers["per_structure_targets"]
+        # scaling steps that would multiply by one are skipped (same numbers, less time)
+        self.has_per_property_scales = any(
+            name in self.scaler.model.multi_property_target_names for name in self.targets
+        )
+        self.unit_scales = _unit_scales(self.scaler, list(self.targets))
+        self.use_mae = hypers["log_mae"] or hypers["best_model_metric"] == "mae_prod"
+
+    def run_epoch(
+        self,
+        epoch: int,
+        train_dataloader: Any,
+        val_dataloader: Any,
+        optimizer: torch.optim.Optimizer,
+        lr_scheduler: Any,
+        guard: DivergenceGuard,
+    ) -> Tuple[Dict[str, float], Dict[str, float]]:
+        """Train on every training batch once, then evaluate the validation set.
+
+        :param epoch: the epoch (counted from 0)
+        :param train_dataloader: the training batches
+        :param val_dataloader: the validation batches
+        :param optimizer: the optimizer
+        :param lr_scheduler: the learning-rate schedule, stepped after every batch
+        :param guard: stops the run when the loss diverges
+        :return: the training and the validation metrics (``loss`` and errors)
+        """
+        train_accumulators, train_loss = self.train(
+            epoch, train_dataloader, optimizer, lr_scheduler, guard
+        )
+        guard.check_epoch(epoch, train_loss)
+        val_accumulators, val_loss = self.validate(val_dataloader)
+        guard.check_validation(epoch, val_loss)
+        val_metrics = self.finalize(val_accumulators, val_loss)
+        train_metrics = self.finalize(train_accumulators, train_loss)
+        return train_metrics, val_metrics
+
+    def train(
+        self,
+        epoch: int,
+        dataloader: Any,
+        optimizer: torch.optim.Optimizer,
+        lr_scheduler: Any,
+        guard: DivergenceGuard,
+    ) -> Tuple[List[Any], float]:
+        """One optimizer step per batch.
+
+        :param epoch: the epoch (counted from 0)
+        :param dataloader: the training batches
+        :param optimizer: the optimizer
+        :param lr_scheduler: the learning-rate schedule, stepped after every batch
+        :param guard: sees the running loss after every batch
+        :return: the error accumulators and the summed loss of the epoch
+        """
+        self.model.train()
+        accumulators = self.new_accumulators()
+        total = 0.0
+        for batch in dataloader:
+            loss, evaluated = self.step(batch, optimizer, lr_scheduler)
+            total += loss
+            guard.check_batch(epoch, total)
+            # every epoch: the errors of the best epoch are logged at the end
+            self.accumulate(accumulators, evaluated)
+        return accumulators, total
+
+    def step(
+        self, batch: Any, optimizer: torch.optim.Optimizer, lr_scheduler: Any
+    ) -> Tuple[float, Batch]:
+        """The optimizer and schedule step of one training batch.
+
+        :param batch: the batch, as the data loader gives it
+        :param optimizer: the optimizer
+        :param lr_scheduler: the learning-rate schedule
+        :return: the loss of the batch (summed over the processes) and the evaluated
+            batch
+        """
+        optimizer.zero_grad()
+        evaluated = self.evaluate(batch, is_training=True)
+        _, predictions, targets, extra_data = evaluated
+        loss = self.loss_fn(predictions, targets, extra_data)
+        if self.placement.is_distributed:
+            # every parameter must take part in the graph for DDP
+            for parameter in self.model.parameters():
+                loss = loss + 0.0 * parameter.sum()
+        loss.backward()
+        if self.hypers["grad_clip_norm"] is not None:
+            torch.nn.utils.clip_grad_norm_(
+                self.model.parameters(), self.hypers["grad_clip_norm"]
+            )
+        optimizer.step()
+        lr_scheduler.step()
+
+        if self.placement.is_distributed:
+            torch.distributed.all_reduce(loss)
+        return loss.item(), evaluated
+
+    def validate(self, dataloader: Any) -> Tuple[List[Any], float]:
+        """The errors and the loss on the validation set.
+
+        :param dataloader: the validation batches
+        :return: the error accumulators and the summed loss
+        """
+        accumulators = self.new_accumulators()
+        total = 0.0
+        # gradients stay on when forces or stresses are evaluated
+        with torch.set_grad_enabled(any(info.gradients for info in self.targets.values())):
+            for batch in dataloader:
+                evaluated = self.evaluate(batch, is_training=False)
+                _, predictions, targets, extra_data = evaluated
+                loss = self.loss_fn(predictions, targets, extra_data)
+                if self.placement.is_distributed:
+                    torch.distributed.all_reduce(loss)
+                total += loss.item()
+                self.accumulate(accumulators, evaluated)
+        return accumulators, total
+
+    def evaluate(self, batch: Any, is_training: bool) -> Batch:
+        """Predictions and targets of one batch, per atom and in scaled units.
+
+        :param batch: the batch, as the data loader gives it
+        :param is_training: evaluate the model in training mode
+        :return: systems, predictions, targets and extra data, on the training device
+        """
+        systems, targets, extra_data = unpack(batch)
+        systems, targets, extra_data = batch_to(
+            systems, targets, extra_data, dtype=self.dtype, device=self.placement.device
+        )
+        predictions = evaluate_model(
+            self.model,
+            systems,
+            {key: self.targets[key] for key in targets},
+            is_training=is_training,
+        )
+        predictions = average_by_num_atoms(predictions, systems, self.per_structure_targets)
+        targets = average_by_num_atoms(targets, systems, self.per_structure_targets)
+        # per-property scales (multi-property targets only) before the loss; the
+        # dataloader already removed the per-target scales from the targets
+        if self.has_per_property_scales:
+            predictions = self.scaler.apply_scales(
+                systems,
+                predictions,
+                remove=False,
+                use_per_target_scales=False,
+                use_per_property_scales=True,
+            )
+        return systems, predictions, targets, extra_data
+
+    def new_accumulators(self) -> List[Any]:
+        """Fresh error accumulators: RMSE, and MAE when it is used.
+
+        :return: the accumulators
+        """
+        separate = self.hypers["log_separate_blocks"]
+        if self.use_mae:
+            return [RMSEAccumulator(separate), MAEAccumulator(separate)]
+        return [RMSEAccumulator(separate)]
+
+    def accumulate(self, accumulators: List[Any], evaluated: Batch) -> None:
+        """Add a batch to the error accumulators, in the units of the dataset.
+
+        :param accumulators: the accumulators of the epoch
+        :param evaluated: the batch, as :py:meth:`evaluate` returns it
+        """
+        systems, predictions, targets, extra = evaluated
+        scaled = [predictions, targets]
+        if not self.unit_scales:
+            scaled = [
+                self.scaler.apply_scales(
+                    systems,
+                    values,
+                    remove=False,
+                    use_per_target_scales=True,
+                    use_per_property_scales=False,
+                )
+                for values in scaled
+            ]
+        for accumulator in accumulators:
+            accumulator.update(scaled[0], scaled[1], extra)
+
+    def finalize(self, accumulators: List[Any], loss: float) -> Dict[str, float]:
+        """The metrics of an epoch (summed over the processes).
+
+        :param accumulators: the accumulators of the epoch
+        :param loss: the summed loss of the epoch
+        :return: ``loss`` and the errors, by metatrain's metric names
+        """
+        metrics: Dict[str, float] = {"loss": loss}
+        for accumulator in accumulators:
+            metrics.update(
+                accumulator.finalize(
+                    not_per_atom=["positions_gradients"] + self.per_structure_targets,
+                    is_distributed=self.placement.is_distributed,
+                    device=self.placement.device,
+                )
+            )
+        return metrics
+
+
+def _unit_scales(scaler: torch.nn.Module, names: List[str]) -> bool:
+    """Whether the per-target scales of all ``names`` are exactly one (not fitted).
+
+    :param scaler: the model's scaler
+    :param names: the target names
+    :return: whether scaling would multiply every value by one
+    """
+    scales = scaler.model.per_target_scales
+    return all(
+        name not in scales
+        or all(bool((block.values == 1.0).all()) for block in scales[name].blocks())
+        for name in names
+    )
