@@ -33,6 +33,8 @@ baseline) is these features times the concatenated weights of the last layers of
 energy readouts, plus the biases of those layers.
 """
 
+import copy
+import itertools
 import logging
 from typing import Any, Dict, List, Literal, Optional, Tuple
 
@@ -490,40 +492,67 @@ class LoremMta(ModelInterface[ModelHypers]):
         """Wrap this model into a metatomic :py:class:`AtomisticModel`.
 
         The whole model (baseline included) is cast to the dtype of the network; the
-        interaction range is infinite with the long-range block.
+        interaction range is infinite with the long-range block. This model is left as
+        it is (dtype, device, parameters and their ``requires_grad``): when the export
+        would change it (a float32 network with its float64 baseline and scaler, a
+        model on a GPU, trainable parameters, which metatomic freezes), a copy is
+        exported; otherwise (a frozen model in its export dtype, baseline on the CPU)
+        the exported model is this one, put in eval mode.
 
         :param metadata: metadata merged into the default one (which cites LOREM)
         :return: the atomistic model, in eval mode
         """
         dtype = next(self.lorem.parameters()).dtype
-        self.lorem.hypers_json = hypers_json(self.hypers)
         if dtype not in self.__supported_dtypes__:
             raise ValueError(f"LOREM can not be exported in {dtype}")
-        self.to(dtype)
-        check_finite_parameters(self.state_dict().items(), "this model")
-        self.lorem.warned_missing_charge = False  # warn again in the exported model
+        model = copy.deepcopy(self) if self._export_changes(dtype) else self
+        model.lorem.hypers_json = hypers_json(model.hypers)
+        model.to(dtype)
+        check_finite_parameters(model.state_dict().items(), "this model")
+        model.lorem.warned_missing_charge = False  # warn again in the exported model
         # the TensorMaps of the composition model are not registered buffers
-        self.additive_models[0].weights_to(torch.device("cpu"), torch.float64)
+        model.additive_models[0].weights_to(torch.device("cpu"), torch.float64)
         if dtype == torch.float32:
             note = float32_export_note(
-                self._max_baseline(), self.dataset_info.targets[self.target_name].unit
+                model._max_baseline(), model.dataset_info.targets[model.target_name].unit
             )
             if note is not None:
                 logging.info(note)
 
         model_capabilities = ModelCapabilities(
-            outputs=self.outputs,
-            atomic_types=self.atomic_types,
-            interaction_range=capabilities(self.lorem, dtype).interaction_range,
-            length_unit=self.dataset_info.length_unit,
-            supported_devices=self.__supported_devices__,
+            outputs=model.outputs,
+            atomic_types=model.atomic_types,
+            interaction_range=capabilities(model.lorem, dtype).interaction_range,
+            length_unit=model.dataset_info.length_unit,
+            supported_devices=model.__supported_devices__,
             dtype=dtype_to_str(dtype),
         )
         # mtt export calls save(): write it atomically (see lorem_mta.files)
         return save_atomically(
             AtomisticModel(
-                self.eval(), merge_metadata(self.metadata, metadata), model_capabilities
+                model.eval(), merge_metadata(model.metadata, metadata), model_capabilities
             )
+        )
+
+    def _export_changes(self, dtype: torch.dtype) -> bool:
+        """Whether :py:meth:`export` would change this model's tensors in place.
+
+        :param dtype: the dtype of the export
+        :return: true when a parameter requires gradients (metatomic's
+            ``AtomisticModel`` turns them off), a parameter or buffer is not in
+            ``dtype`` or the weights of the composition baseline are not float64 tensors
+            on the CPU
+        """
+        if any(parameter.requires_grad for parameter in self.parameters()):
+            return True
+        tensors = itertools.chain(self.parameters(), self.buffers())
+        if any(t.is_floating_point() and t.dtype != dtype for t in tensors):
+            return True
+        weights = self.additive_models[0].model.weights.values()
+        return any(
+            block.values.device.type != "cpu" or block.values.dtype != torch.float64
+            for tensor_map in weights
+            for block in tensor_map.blocks()
         )
 
 
