@@ -7,8 +7,11 @@ that broken TeX shows up as MathJax's red error text; without Node.js or MathJax
 TeX stays in the page. A page can be rendered from the PDF page that holds an anchor (a
 section's id) on, to look at one section of a long page.
 
-Needs the docs extra plus ``pip install weasyprint pypdfium2`` (not project
-dependencies). Usage::
+``docs/_scripts/screenshots.sh`` does the same with headless Chromium where it is
+installed. Needs the docs extra plus ``pip install weasyprint pypdfium2`` (not project
+dependencies); MathJax for Node.js goes to ``--mathjax`` (default
+``/tmp/lorem-mathjax``, as for ``screenshots.sh``) with
+``npm install --prefix /tmp/lorem-mathjax mathjax@3``. Usage::
 
     python docs/_scripts/screenshots.py --build            # build, then the default pages
     python docs/_scripts/screenshots.py --site SITE --out DIR \
@@ -20,6 +23,12 @@ section's id: its title in lower case, words joined by ``-``; the top of the pag
 it is left out); the files are ``OUT/PAGE[-ANCHOR]-K.png``.
 ``--build`` runs ``sphinx-build -W --keep-going`` without executing the gallery
 (``-D plot_gallery=0``) into ``--site`` and prints the warnings it reports.
+
+The screenshots in ``docs/_static/screenshots/`` named after a section were made with::
+
+    python docs/_scripts/screenshots.py --build --out docs/_static/screenshots \
+        uncertainty#calibration-on-the-cumulene-rotor:2 training#recommended-recipes:2 \
+        training#runs-at-the-baseline:1 engines#variable-cell-runs-npt-cell-relaxation:1
 """
 
 import argparse
@@ -56,6 +65,7 @@ html, body, .page, .main, .content, article { display: block !important;
     min-height: 0 !important; overflow: visible !important; margin: 0 !important; }
 svg.mathjax { display: inline; }
 """
+BREAK_CSS = '[id="{}"] {{ break-before: page; }}'
 MATH = re.compile(r'(<(span|div) class="math notranslate nohighlight">)(.*?)(</\2>)', re.DOTALL)
 NODE_SCRIPT = r"""
 const formulas = JSON.parse(require('fs').readFileSync(0, 'utf8'));
@@ -149,7 +159,9 @@ def render(site: Path, spec: str, out: Path, dpi: float, pages: int, mathjax) ->
     for tex in errors:
         print(f"{name}: MathJax error in {tex!r}")
     document = weasyprint.HTML(string=page, base_url=str(source)).render(
-        stylesheets=[weasyprint.CSS(string=PRINT_CSS)]
+        # the section of the anchor starts a new PDF page, so that its screenshot starts
+        # with its title
+        stylesheets=[weasyprint.CSS(string=PRINT_CSS + BREAK_CSS.format(anchor) * bool(anchor))]
     )
     start = 0
     if anchor:
