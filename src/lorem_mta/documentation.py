@@ -108,8 +108,8 @@ class ModelHypers(TypedDict):
     cutoff: float = 5.0
     """Radius (in the length unit of the dataset) of the local environments: the
     short-range features only see neighbours within it, and it also sets the Ewald
-    parameters (smearing ``cutoff / 4``, wavelength ``cutoff / 8``). 5 A is the paper's
-    value for every dataset; 3-4 A still works when the long-range block is on (the
+    parameters (smearing ``cutoff / 4``, wavelength ``cutoff / 8``). 5 Å is the paper's
+    value for every dataset; 3-4 Å still works when the long-range block is on (the
     paper's cumulene study), and makes the model cheaper, roughly in proportion to the
     number of neighbours (``cutoff**3``)."""
 
