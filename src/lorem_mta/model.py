@@ -35,6 +35,8 @@ This is the only module that touches metatomic/metatensor objects. It
   periodic systems are refused for this output.
 """
 
+import copy
+import itertools
 import math
 import os
 import types
@@ -922,6 +924,11 @@ def atomistic_model(
 ) -> AtomisticModel:
     """Wrap ``model`` into a metatomic :py:class:`AtomisticModel`.
 
+    ``model`` is left as it is (dtype, train/eval mode, ``requires_grad`` of its
+    parameters): when the export would change it (another dtype, train mode, trainable
+    parameters, which metatomic freezes), a copy is wrapped; otherwise (a frozen model
+    in eval mode and in ``dtype``) the atomistic model wraps ``model`` itself.
+
     :param model: the model
     :param dtype: dtype to run in (``float32`` or ``float64``)
     :param metadata: model metadata; defaults to :py:func:`default_metadata`
@@ -929,11 +936,28 @@ def atomistic_model(
     """
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    if _export_changes(model, dtype):
+        model = copy.deepcopy(model)
     model = model.to(dtype).eval()
     model.warned_missing_charge = False  # warn again in the exported model
     # after the cast: a float64 value beyond the float32 range becomes infinite
     check_finite_parameters(model.state_dict().items(), "this model")
     return AtomisticModel(model, metadata or default_metadata(), capabilities(model, dtype))
+
+
+def _export_changes(model: torch.nn.Module, dtype: torch.dtype) -> bool:
+    """Whether wrapping ``model`` in an ``AtomisticModel`` of ``dtype`` changes it.
+
+    :param model: the model
+    :param dtype: the dtype of the export
+    :return: true when the model is in train mode, a parameter requires gradients
+        (metatomic's ``AtomisticModel`` turns them off) or a floating-point parameter or
+        buffer is not in ``dtype``
+    """
+    if model.training or any(p.requires_grad for p in model.parameters()):
+        return True
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    return any(t.is_floating_point() and t.dtype != dtype for t in tensors)
 
 
 def export(
@@ -943,6 +967,8 @@ def export(
     collect_extensions: Optional[str] = None,
 ) -> AtomisticModel:
     """Export ``model`` to a TorchScript file that any metatomic engine can run.
+
+    ``model`` is left as it is, see :py:func:`atomistic_model`.
 
     :param model: the model
     :param path: output file, e.g. ``model.pt``
