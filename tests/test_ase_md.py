@@ -4,8 +4,6 @@ Everything goes through metatomic-ase's ``MetatomicCalculator`` on an exported f
 LOREM model with the long-range (Ewald) block, as a user running MD in ASE would.
 """
 
-import copy
-
 import ase.build
 import numpy as np
 import pytest
@@ -39,7 +37,7 @@ def _nacl(seed: int = 7) -> ase.Atoms:
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("ase-md") / "lorem.pt")
-    export(copy.deepcopy(variant_model(VARIANT)), path, torch.float64)
+    export(variant_model(VARIANT), path, torch.float64)
     return path
 
 
@@ -155,7 +153,7 @@ def test_long_nve_run_pme(tmp_path):
         long_range_method="pme",
     )
     path = str(tmp_path / "lorem-pme.pt")
-    export(copy.deepcopy(model), path, torch.float64)
+    export(model, path, torch.float64)
 
     atoms = ase.build.bulk("NaCl", "rocksalt", a=5.64, cubic=True).repeat(2)
     atoms.rattle(0.05, seed=7)

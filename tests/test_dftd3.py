@@ -6,7 +6,6 @@ plus that contribution for energies, forces and stresses, in ASE, for a periodic
 and a molecule. The D3 reference tables ship with metatomic-torch (no download).
 """
 
-import copy
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -83,7 +82,7 @@ def _zero_model(reference: AtomisticModel) -> AtomisticModel:
 
 @pytest.fixture(scope="module")
 def models():
-    lorem = atomistic_model(copy.deepcopy(variant_model("lr2")), torch.float64)
+    lorem = atomistic_model(variant_model("lr2"), torch.float64)
     return {
         "lorem": lorem,
         "d3": dftd3.DFTD3.wrap(_zero_model(lorem), damping_params={"energy": PBE_D3BJ}),

@@ -220,7 +220,7 @@ def test_exported_model(tmp_path, atomic_dipoles):
     atoms = methanol()
     expected, _ = evaluate(model, [atoms])
     path = tmp_path / "model.pt"
-    export(copy.deepcopy(model), str(path), dtype=torch.float64)
+    export(model, str(path), dtype=torch.float64)
 
     from metatomic.torch import load_atomistic_model
 
@@ -239,7 +239,7 @@ def test_exported_model(tmp_path, atomic_dipoles):
     torch.testing.assert_close(block.values[0, :, 0], expected[0], atol=1e-12, rtol=0)
 
     # the unexported atomistic model gives the same
-    wrapped = atomistic_model(copy.deepcopy(model), torch.float64)
+    wrapped = atomistic_model(model, torch.float64)
     result = wrapped([system], options, check_consistency=True)
     torch.testing.assert_close(result["lorem::dipole"].block().values[0, :, 0], expected[0])
 

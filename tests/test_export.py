@@ -41,8 +41,7 @@ def exported(tmp_path_factory):
     directory = tmp_path_factory.mktemp("exported")
     path = str(directory / "lorem.pt")
     extensions = str(directory / "extensions")
-    # export converts the model in place: work on a copy of the cached model
-    export(copy.deepcopy(variant_model(VARIANT)), path, torch.float64, extensions)
+    export(variant_model(VARIANT), path, torch.float64, extensions)
     return path, extensions
 
 
@@ -281,7 +280,7 @@ def test_ase_calculator_selected_atoms(exported):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_capabilities(variant, dtype):
-    model = copy.deepcopy(variant_model(variant))
+    model = variant_model(variant)
     options = VARIANTS[variant]
     wrapped = atomistic_model(model, dtype)
     caps = wrapped.capabilities()
@@ -307,7 +306,7 @@ def test_capabilities(variant, dtype):
 
 def test_float32_export_runs(tmp_path):
     path = str(tmp_path / "model32.pt")
-    model = copy.deepcopy(variant_model(VARIANT))
+    model = variant_model(VARIANT)
     export(model, path, torch.float32, collect_extensions=str(tmp_path / "ext"))
     calculator = MetatomicCalculator(path, extensions_directory=str(tmp_path / "ext"))
     atoms = _structures()["periodic"]

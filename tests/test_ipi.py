@@ -8,7 +8,6 @@ atomic units (Hartree, Bohr); they are converted with i-PI's own unit factors (t
 ones its driver uses) and compared with the eager, non-exported model.
 """
 
-import copy
 import os
 import shutil
 import subprocess
@@ -153,7 +152,7 @@ def _run_ipi(directory: Path) -> None:
 @pytest.fixture(scope="module")
 def ipi_run(tmp_path_factory):
     directory = tmp_path_factory.mktemp("ipi")
-    export(copy.deepcopy(variant_model(VARIANT)), str(directory / "model.pt"), torch.float64)
+    export(variant_model(VARIANT), str(directory / "model.pt"), torch.float64)
     _run_ipi(directory)
     template = ase.io.read(directory / "nacl.xyz")
     # step, time, conserved, temperature, kinetic (eV), potential (eV), potential (Ha)
@@ -209,7 +208,7 @@ def test_ipi_matches_direct_evaluation(ipi_run):
 def test_example_runs_on_unique_sockets(tmp_path):
     """Two runs of ``examples/engines/ipi/run.py`` at once: own sockets, both complete."""
     model = tmp_path / "model.pt"
-    export(copy.deepcopy(variant_model(VARIANT)), str(model), torch.float64)
+    export(variant_model(VARIANT), str(model), torch.float64)
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     runs = [
         subprocess.Popen(

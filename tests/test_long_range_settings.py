@@ -228,7 +228,7 @@ def model_32(tmp_path_factory):
     directory = tmp_path_factory.mktemp("settings")
     model = make_model(max_degree_lr=1, long_range_method="ewald")
     path = str(directory / "model-32.pt")
-    export(copy.deepcopy(model), path, torch.float32)
+    export(model, path, torch.float32)
     return model, path, directory
 
 

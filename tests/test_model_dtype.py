@@ -23,8 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def exported(request, tmp_path_factory):
     """A small LOREM exported in float32 or float64: (dtype, path)."""
     path = tmp_path_factory.mktemp("dtype") / "model.pt"
-    # export casts the model it is given: a copy, the cached model is shared
-    export(copy.deepcopy(variant_model("lr2")), str(path), dtype=request.param)
+    export(variant_model("lr2"), str(path), dtype=request.param)
     return request.param, path
 
 

@@ -5,8 +5,6 @@ consistency checks, then through ``sum_over_samples``, ``mean_over_samples``, ``
 and a save/load round trip, with the reductions compared to plain tensor sums.
 """
 
-import copy
-
 import pytest
 import torch
 from _helpers import make_model, molecule, nacl_cell, relative_error
@@ -26,7 +24,7 @@ NAMES = ["feature", "lorem::charges", "lorem::potentials"]
 def outputs(tmp_path_factory):
     model = make_model(seed=5)
     path = str(tmp_path_factory.mktemp("export") / "model.pt")
-    export(copy.deepcopy(model), path, torch.float64)
+    export(model, path, torch.float64)
     exported = load_atomistic_model(path)
     structures = [nacl_cell(), molecule()]
     systems = [system_from_atoms(atoms) for atoms in structures]

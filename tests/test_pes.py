@@ -222,7 +222,7 @@ def test_nve_from_a_symmetric_frame(tmp_path):
     """Velocity Verlet from CO2 at its symmetric geometry (only the carbon moving):
     no jump in the total energy at the first step, and conservation over the run."""
     path = str(tmp_path / "model.pt")
-    export(copy.deepcopy(make_model()), path, torch.float64)
+    export(make_model(), path, torch.float64)
     atoms = _co2()
     atoms.calc = MetatomicCalculator(path)
     velocities = np.zeros((3, 3))

@@ -49,7 +49,7 @@ def models(tmp_path_factory):
     """The same small long-range model, plain and exported (float64)."""
     model = make_model(seed=7, atomic_types=[1, 6, 8, 11, 17], max_degree_lr=1)
     path = str(tmp_path_factory.mktemp("export") / "model.pt")
-    export(copy.deepcopy(model), path, torch.float64)
+    export(model, path, torch.float64)
     return {"direct": model, "exported": load_atomistic_model(path)}
 
 
@@ -692,12 +692,12 @@ def test_export_does_not_replace_a_file_on_failure(models, tmp_path, monkeypatch
 
     monkeypatch.setattr(AtomisticModel, "save", broken_save)
     with pytest.raises(RuntimeError, match="disk full"):
-        export(copy.deepcopy(models["direct"]), str(path), torch.float64)
+        export(models["direct"], str(path), torch.float64)
     assert path.read_bytes() == b"previous model"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
 
     monkeypatch.undo()
-    export(copy.deepcopy(models["direct"]), str(path), torch.float64)
+    export(models["direct"], str(path), torch.float64)
     assert load_atomistic_model(str(path)) is not None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
     assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
@@ -821,7 +821,7 @@ def test_export_disk_full_raises_and_keeps_previous_file(models, tmp_path, monke
     path.write_bytes(b"previous model")
     _fill_disk(monkeypatch)
     with pytest.raises(OSError, match=r"could not write '.*model\.pt': No space left") as e:
-        export(copy.deepcopy(models["direct"]), str(path), torch.float64)
+        export(models["direct"], str(path), torch.float64)
     assert e.value.errno == errno.ENOSPC
     assert path.read_bytes() == b"previous model"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
@@ -926,7 +926,7 @@ def test_export_through_symbolic_link(models, tmp_path):
     target.write_bytes(b"previous model")
     link = tmp_path / "model.pt"
     link.symlink_to(Path("versions") / "model-v1.pt")
-    export(copy.deepcopy(models["direct"]), str(link), torch.float64)
+    export(models["direct"], str(link), torch.float64)
     assert link.is_symlink() and os.readlink(link) == os.path.join("versions", "model-v1.pt")
     assert load_atomistic_model(str(target)) is not None
     assert [p.name for p in versions.iterdir()] == ["model-v1.pt"]
@@ -1158,7 +1158,7 @@ def test_model_with_non_finite_parameters(models, tmp_path):
 
 def _exported_copy(models, tmp_path) -> str:
     path = str(tmp_path / "exported.pt")
-    export(copy.deepcopy(models["direct"]), path, torch.float64)
+    export(models["direct"], path, torch.float64)
     return path
 
 
@@ -1170,7 +1170,7 @@ def test_dtype_mismatch_names_both_dtypes(models, tmp_path):
     instead of ``double != float`` deep in the network."""
     model = copy.deepcopy(models["direct"]).to(torch.float32)
     path = str(tmp_path / "model32.pt")
-    export(copy.deepcopy(model), path, torch.float32)
+    export(model, path, torch.float32)
     exported = load_atomistic_model(path)
     system = _molecule_system(models["direct"])  # float64
     assert system.positions.dtype == torch.float64
@@ -1227,7 +1227,7 @@ def test_lorem_mta_export_disk_full_and_fifo(models, tmp_path, monkeypatch, caps
     from lorem_mta.cli import main
 
     model = str(tmp_path / "model.pt")
-    export(copy.deepcopy(models["direct"]), model, torch.float64)
+    export(models["direct"], model, torch.float64)
     name = f"model-v{LoremMta.__checkpoint_version__}_trainer-v{Trainer.__checkpoint_version__}"
     checkpoint = tmp_path / "model.ckpt"
     torch.save(_reference_checkpoint(name), checkpoint)

@@ -441,15 +441,13 @@ def test_mtt_train_restart_from_another_architecture(tmp_path):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    import copy
-
     from _helpers import make_model
 
     from lorem_mta.model import export
 
     path = str(tmp_path_factory.mktemp("export") / "model.pt")
     model = make_model(seed=7, atomic_types=[1, 6, 8, 11, 17], max_degree_lr=1)
-    export(copy.deepcopy(model), path, torch.float64)
+    export(model, path, torch.float64)
     return path
 
 

@@ -267,7 +267,7 @@ def test_atomistic_model_inputs():
     """``AtomisticModel`` declares the input; without it the model runs neutral unless
     ``check_consistency`` is on, where metatomic refuses to run."""
     model = make_model(seed=10, atomic_types=TYPES, total_charge=True)
-    wrapped = atomistic_model(copy.deepcopy(model), torch.float64)
+    wrapped = atomistic_model(model, torch.float64)
     inputs = wrapped.requested_inputs(use_new_names=True)
     assert set(inputs) == {"charge"} and inputs["charge"].sample_kind == "system"
 
@@ -333,7 +333,7 @@ print(json.dumps(results))
 def test_export_fresh_process_and_ase(tmp_path):
     model = make_model(seed=11, atomic_types=TYPES, total_charge=True)
     path = tmp_path / "model.pt"
-    export(copy.deepcopy(model), str(path), dtype=torch.float64)
+    export(model, str(path), dtype=torch.float64)
     script = tmp_path / "run.py"
     script.write_text(FRESH_PROCESS)
     result = subprocess.run(
