@@ -87,3 +87,12 @@ def test_export_without_changes_shares_the_model(trained):
     assert exported.module is model
     for name, value in _tensors(model).items():
         assert torch.equal(value, before[name]) and value.dtype == before[name].dtype, name
+
+
+def test_export_of_a_model_in_train_mode_keeps_its_mode(trained):
+    """A frozen float64 model in train mode is exported as an eval copy."""
+    model = copy.deepcopy(trained).to(torch.float64).train()
+    model.requires_grad_(False)
+    exported = model.export()
+    assert exported.module is not model and not exported.module.training
+    assert model.training

@@ -493,11 +493,12 @@ class LoremMta(ModelInterface[ModelHypers]):
 
         The whole model (baseline included) is cast to the dtype of the network; the
         interaction range is infinite with the long-range block. This model is left as
-        it is (dtype, device, parameters and their ``requires_grad``): when the export
-        would change it (a float32 network with its float64 baseline and scaler, a
-        model on a GPU, trainable parameters, which metatomic freezes), a copy is
-        exported; otherwise (a frozen model in its export dtype, baseline on the CPU)
-        the exported model is this one, put in eval mode.
+        it is (dtype, device, train or eval mode, parameters and their
+        ``requires_grad``): when the export would change it (a float32 network with its
+        float64 baseline and scaler, a model on a GPU, train mode, trainable
+        parameters, which metatomic freezes), a copy is exported; otherwise (a frozen
+        model in eval mode and in its export dtype, baseline on the CPU) the exported
+        model is this one.
 
         :param metadata: metadata merged into the default one (which cites LOREM)
         :return: the atomistic model, in eval mode
@@ -535,15 +536,15 @@ class LoremMta(ModelInterface[ModelHypers]):
         )
 
     def _export_changes(self, dtype: torch.dtype) -> bool:
-        """Whether :py:meth:`export` would change this model's tensors in place.
+        """Whether :py:meth:`export` would change this model in place.
 
         :param dtype: the dtype of the export
-        :return: true when a parameter requires gradients (metatomic's
-            ``AtomisticModel`` turns them off), a parameter or buffer is not in
-            ``dtype`` or the weights of the composition baseline are not float64 tensors
-            on the CPU
+        :return: true when the model is in train mode, a parameter requires gradients
+            (metatomic's ``AtomisticModel`` turns them off), a parameter or buffer is
+            not in ``dtype`` or the weights of the composition baseline are not float64
+            tensors on the CPU
         """
-        if any(parameter.requires_grad for parameter in self.parameters()):
+        if self.training or any(p.requires_grad for p in self.parameters()):
             return True
         tensors = itertools.chain(self.parameters(), self.buffers())
         if any(t.is_floating_point() and t.dtype != dtype for t in tensors):
