@@ -8,7 +8,8 @@ training batch, and accumulates the errors of every batch in the units of the da
 epoch.
 """
 
-from typing import Any, Dict, List, Tuple
+import logging
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed
@@ -19,6 +20,7 @@ from metatrain.utils.transfer import batch_to
 
 from ..documentation import TrainerHypers
 from .batching import unpack
+from .compiled import CompiledEnergyForces
 from .distributed import Placement
 from .guards import DivergenceGuard
 from .model import LoremMta
@@ -62,6 +64,14 @@ class EpochRunner:
         )
         self.unit_scales = _unit_scales(self.scaler, list(self.targets))
         self.use_mae = hypers["log_mae"] or hypers["best_model_metric"] == "mae_prod"
+        self.compiled: Optional[CompiledEnergyForces] = None
+        if hypers["compile"] and placement.is_distributed:
+            logging.warning(
+                "compile: not used in distributed training (the compiled function "
+                "bypasses the gradient synchronisation); training runs in eager mode"
+            )
+        elif hypers["compile"]:
+            self.compiled = CompiledEnergyForces(raw_model)
 
     def run_epoch(
         self,
@@ -182,12 +192,18 @@ class EpochRunner:
         systems, targets, extra_data = batch_to(
             systems, targets, extra_data, dtype=self.dtype, device=self.placement.device
         )
-        predictions = evaluate_model(
-            self.model,
-            systems,
-            {key: self.targets[key] for key in targets},
-            is_training=is_training,
-        )
+        batch_targets = {key: self.targets[key] for key in targets}
+        reason = None if is_training else "validation"
+        if self.compiled is not None and reason is None:
+            reason = self.compiled.unsupported(systems, batch_targets)
+        if self.compiled is not None and reason is None:
+            predictions = self.compiled(systems, batch_targets)
+        else:
+            if self.compiled is not None and reason != "validation":
+                self.compiled.tell_once(reason)
+            predictions = evaluate_model(
+                self.model, systems, batch_targets, is_training=is_training
+            )
         predictions = average_by_num_atoms(predictions, systems, self.per_structure_targets)
         targets = average_by_num_atoms(targets, systems, self.per_structure_targets)
         # per-property scales (multi-property targets only) before the loss; the

@@ -28,9 +28,9 @@ import torch
 
 from .bec import BornChargeHead, acoustic_sum_rule, electric_field_energy
 from .dipole import AtomicDipoles
-from .layers import MLP
+from .layers import MLP, structure_index
 from .long_range import LongRange
-from .message_passing import InitialStep, MessagePassingStep
+from .message_passing import InitialStep, MessagePassingStep, PairTopology, pair_topology
 from .radial import BernsteinBasis, ChemicalEmbedding, cosine_cutoff
 from .spherical import SphericalHarmonics
 
@@ -55,6 +55,28 @@ class BackboneOutput(NamedTuple):
     born_charges: torch.Tensor
     atomic_dipoles: torch.Tensor
     last_layer_features: torch.Tensor
+
+
+class BatchTopology(NamedTuple):
+    """What the backbone derives from the species and the neighbour list of a batch.
+
+    Nothing here depends on the positions or the parameters: a training step computes it
+    once per batch (:py:meth:`LoremBackbone.topology`) outside the compiled function
+    of :py:mod:`lorem_mta.architecture.compiled`, since computing it involves shapes
+    that depend on the data.
+    """
+
+    #: atomic numbers present, sorted, ``(n_species,)``
+    species: torch.Tensor
+    #: row of ``species`` of every atom, ``(n_atoms,)``
+    species_index: torch.Tensor
+    #: the initial step's pairs by species and neighbour table
+    pairs: PairTopology
+    #: structure of every atom, ``(n_atoms,)``
+    structure: torch.Tensor
+    #: pairs ``i < j`` of every structure when the long-range block sums a batch of
+    #: molecules directly, ``(2, n_lr_pairs)``; ``(2, 0)`` otherwise
+    molecule_pairs: torch.Tensor
 
 
 class LoremBackbone(torch.nn.Module):
@@ -207,6 +229,7 @@ class LoremBackbone(torch.nn.Module):
         total_charges: Optional[torch.Tensor] = None,
         electric_field: Optional[torch.Tensor] = None,
         last_layer_features: bool = False,
+        topology: Optional[BatchTopology] = None,
     ) -> BackboneOutput:
         """Atomic energies of a batch of structures.
 
@@ -231,13 +254,18 @@ class LoremBackbone(torch.nn.Module):
         :param last_layer_features: also return the last-layer features of the energy
             readouts (computed again from the node features of every stage: two dense
             layers per stage, only when requested)
+        :param topology: :py:meth:`topology` of the batch, computed here if not given
         :return: :py:class:`BackboneOutput`
         """
         if atomic_numbers.shape[0] == 0:
             return self._empty_output(positions, last_layer_features)
+        if topology is None:
+            topology = self.topology(
+                atomic_numbers, centers, neighbors, atom_ptr, periodic, lr_atoms is None
+            )
+        species_index = topology.species_index
         # -- initial embeddings --
-        species, species_index = torch.unique(atomic_numbers, return_inverse=True)
-        species_embedding = self.embedding(species)
+        species_embedding = self.embedding(topology.species)
         distances = torch.linalg.norm(edge_vectors, dim=-1)
         radial = self.radial_basis(distances) * cosine_cutoff(distances, self.cutoff).unsqueeze(
             -1
@@ -246,7 +274,13 @@ class LoremBackbone(torch.nn.Module):
 
         # -- short range --
         nodes_scalar, nodes_spherical, energies = self.initial(
-            species_embedding, species_index, centers, neighbors, radial, harmonics
+            species_embedding,
+            species_index,
+            centers,
+            neighbors,
+            radial,
+            harmonics,
+            topology.pairs,
         )
         spherical_stages: List[torch.Tensor] = [nodes_spherical]
         readout_inputs: List[torch.Tensor] = []
@@ -268,7 +302,7 @@ class LoremBackbone(torch.nn.Module):
             charges = self.long_range.charges(nodes_scalar, nodes_spherical)
             if self.total_charge or self.neutral_charges:
                 charges = self.long_range.equilibrate(
-                    charges, total_charges, atom_ptr, lr_atoms
+                    charges, total_charges, atom_ptr, lr_atoms, topology.structure
                 )
             potentials = self.long_range.potentials(
                 charges,
@@ -281,6 +315,7 @@ class LoremBackbone(torch.nn.Module):
                 cells,
                 periodic,
                 lr_atoms,
+                topology.molecule_pairs if topology.molecule_pairs.shape[1] > 0 else None,
             )
             nodes_scalar, updates = self.long_range.mix_with_updates(
                 nodes_scalar, nodes_spherical, potentials
@@ -315,6 +350,38 @@ class LoremBackbone(torch.nn.Module):
             features = torch.cat(readout_inputs, dim=1)
         return BackboneOutput(
             energies, nodes_scalar, charges, potentials, born_charges, dipoles, features
+        )
+
+    def topology(
+        self,
+        atomic_numbers: torch.Tensor,
+        centers: torch.Tensor,
+        neighbors: torch.Tensor,
+        atom_ptr: List[int],
+        periodic: List[bool],
+        all_atoms_in_long_range: bool = True,
+    ) -> BatchTopology:
+        """The :py:class:`BatchTopology` of a batch (arguments as in :py:meth:`forward`).
+
+        :param all_atoms_in_long_range: ``False`` when :py:meth:`forward` gets
+            ``lr_atoms``: the long-range block then sums structure by structure and
+            the molecule pairs are not needed
+        :return: species, pairs by species, structure index, molecule pairs
+        """
+        species, species_index = torch.unique(atomic_numbers, return_inverse=True)
+        device = atomic_numbers.device
+        molecule_pairs = torch.zeros((2, 0), dtype=torch.long, device=device)
+        if self.long_range is not None and all_atoms_in_long_range and not any(periodic):
+            element_size = self.embedding.embedding.weight.element_size()
+            molecule_pairs = self.long_range.coulomb.molecule_pairs(
+                atom_ptr, self.num_charge_channels, element_size, device
+            )
+        return BatchTopology(
+            species=species,
+            species_index=species_index,
+            pairs=pair_topology(species_index, centers, neighbors, species.shape[0]),
+            structure=structure_index(atom_ptr, atomic_numbers.shape[0], device),
+            molecule_pairs=molecule_pairs,
         )
 
     def _empty_output(

@@ -531,7 +531,11 @@ class CoulombPotentials(torch.nn.Module):
         return self._periodic(charges, positions, cell, pairs, distances)
 
     def molecules(
-        self, charges: torch.Tensor, positions: torch.Tensor, atom_ptr: List[int]
+        self,
+        charges: torch.Tensor,
+        positions: torch.Tensor,
+        atom_ptr: List[int],
+        pairs: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         r"""Potentials of non-periodic structures, :math:`V_i = \sum_{j \neq i} q_j / r_{ij}`.
 
@@ -543,24 +547,44 @@ class CoulombPotentials(torch.nn.Module):
         :param positions: tensor of shape ``(n_atoms, 3)``
         :param atom_ptr: first atom of every structure, plus the total; the structures
             cover all the atoms
+        :param pairs: the pairs of :py:meth:`molecule_pairs`, computed here if not given
         :return: tensor of shape ``(n_atoms, n_channels)``
         """
-        pairs: List[torch.Tensor] = []
-        for k in range(len(atom_ptr) - 1):
-            n_atoms = atom_ptr[k + 1] - atom_ptr[k]
-            self.planner.check_molecule(n_atoms, charges.shape[1], charges.element_size())
-            pairs.append(
-                torch.triu_indices(n_atoms, n_atoms, 1, device=positions.device) + atom_ptr[k]
+        if pairs is None:
+            pairs = self.molecule_pairs(
+                atom_ptr, charges.shape[1], charges.element_size(), positions.device
             )
-        all_pairs = torch.cat(pairs, dim=1)
-        vectors = positions[all_pairs[1]] - positions[all_pairs[0]]
+        vectors = positions[pairs[1]] - positions[pairs[0]]
         return self.direct(
             charges=charges,
             cell=torch.zeros((3, 3), dtype=positions.dtype, device=positions.device),
             positions=positions,
-            neighbor_indices=all_pairs.T,
+            neighbor_indices=pairs.T,
             neighbor_distances=torch.linalg.norm(vectors, dim=1),
         )
+
+    def molecule_pairs(
+        self, atom_ptr: List[int], n_channels: int, element_size: int, device: torch.device
+    ) -> torch.Tensor:
+        """The pairs ``i < j`` of every structure of a batch of molecules.
+
+        Refuses (:py:meth:`LongRangePlanner.check_molecule`) molecules whose direct sum
+        would not fit in memory.
+
+        :param atom_ptr: first atom of every structure, plus the total
+        :param n_channels: number of charge channels
+        :param element_size: bytes per number of the charges
+        :param device: device of the result
+        :return: integer tensor of shape ``(2, n_pairs)``, global atom indices
+        """
+        pairs: List[torch.Tensor] = []
+        for k in range(len(atom_ptr) - 1):
+            n_atoms = atom_ptr[k + 1] - atom_ptr[k]
+            self.planner.check_molecule(n_atoms, n_channels, element_size)
+            pairs.append(torch.triu_indices(n_atoms, n_atoms, 1, device=device) + atom_ptr[k])
+        if len(pairs) == 0:
+            return torch.zeros((2, 0), dtype=torch.long, device=device)
+        return torch.cat(pairs, dim=1)
 
     def _periodic(
         self,
@@ -828,6 +852,7 @@ class LongRange(torch.nn.Module):
         total_charges: Optional[torch.Tensor],
         atom_ptr: List[int],
         lr_atoms: Optional[torch.Tensor] = None,
+        structure: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         r"""Make every structure's charges add up to its total charge.
 
@@ -852,11 +877,14 @@ class LongRange(torch.nn.Module):
             structures
         :param atom_ptr: first atom of every structure, plus the total
         :param lr_atoms: optional boolean mask of the atoms in the long-range sum
+        :param structure: structure of every atom, ``(n_atoms,)``, computed from
+            ``atom_ptr`` if not given
         :return: tensor of shape ``(n_atoms, n_channels)``
         """
         n_structures = len(atom_ptr) - 1
         device, dtype = charges.device, charges.dtype
-        structure = structure_index(atom_ptr, charges.shape[0], device)
+        if structure is None:
+            structure = structure_index(atom_ptr, charges.shape[0], device)
         weights = torch.ones_like(charges[:, 0]) if lr_atoms is None else lr_atoms.to(dtype)
         zeros = torch.zeros(n_structures, dtype=dtype, device=device)
         n_atoms = zeros.index_add(0, structure, weights).clamp(min=1.0)
@@ -887,6 +915,7 @@ class LongRange(torch.nn.Module):
         cells: torch.Tensor,
         periodic: List[bool],
         lr_atoms: Optional[torch.Tensor] = None,
+        molecule_pairs: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Potentials for every charge channel, structure by structure.
 
@@ -902,11 +931,13 @@ class LongRange(torch.nn.Module):
         :param periodic: periodicity of every structure
         :param lr_atoms: optional boolean mask of shape ``(n_atoms,)``; only these atoms
             carry charges and receive potentials (the others, e.g. LAMMPS ghosts, get 0)
+        :param molecule_pairs: for a batch of molecules without ``lr_atoms``, the pairs
+            of :py:meth:`CoulombPotentials.molecule_pairs` (computed if not given)
         :return: tensor of shape ``(n_atoms, n_channels)``
         """
         if lr_atoms is None and not any(periodic):
             # only molecules: one direct sum for the whole batch
-            return self.coulomb.molecules(charges, positions, atom_ptr)
+            return self.coulomb.molecules(charges, positions, atom_ptr, molecule_pairs)
         potentials = torch.zeros_like(charges)
         for k in range(len(atom_ptr) - 1):
             a0, a1, p0, p1 = atom_ptr[k], atom_ptr[k + 1], pair_ptr[k], pair_ptr[k + 1]

@@ -23,12 +23,12 @@ followed by another norm update. Every stage ends with a residual energy readout
 :math:`E_i \mathrel{+}= \mathrm{MLP}_{[d, d, 1]}(x_i)`.
 """
 
-from typing import List, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 
 from .layers import MLP, Linear, Update
-from .radial import PairTypes, RadialCoefficients
+from .radial import RadialCoefficients, apply_by_pair_type, sort_pairs
 from .spherical import degree_index, l_factors, norm_features
 from .tensor_product import EquivariantLinear, MessagePass, TensorDense, TensorProduct
 
@@ -79,6 +79,7 @@ def _sum_by_species(
     neighbors: torch.Tensor,
     radial: torch.Tensor,
     n_species: int,
+    species_atoms: Optional[List[torch.Tensor]] = None,
 ) -> torch.Tensor:
     """``sum_j rho_ij A_{s_i s_j}`` for every atom ``i``, summing ``rho`` first.
 
@@ -92,8 +93,12 @@ def _sum_by_species(
     :param neighbors: ``(n_pairs,)``
     :param radial: ``(n_pairs, K)``
     :param n_species: number of species ``S``
+    :param species_atoms: the atoms of every species (:py:func:`atoms_by_species`),
+        computed here if not given
     :return: tensor of shape ``(n_atoms, d)``
     """
+    if species_atoms is None:
+        species_atoms = atoms_by_species(species_index, n_species)
     n_atoms = species_index.shape[0]
     n_radial, n_features = matrices.shape[1], matrices.shape[2]
     slot = centers * n_species + species_index[neighbors]
@@ -103,10 +108,60 @@ def _sum_by_species(
     summed = summed.reshape(n_atoms, n_species * n_radial)
     per_center = matrices.reshape(n_species, n_species * n_radial, n_features)
     output = torch.zeros((n_atoms, n_features), dtype=radial.dtype, device=radial.device)
-    for species in range(n_species):
-        atoms = torch.nonzero(species_index == species)[:, 0]
+    for species, atoms in enumerate(species_atoms):
         output = output.index_copy(0, atoms, summed[atoms] @ per_center[species])
     return output
+
+
+def atoms_by_species(species_index: torch.Tensor, n_species: int) -> List[torch.Tensor]:
+    """The atoms of every species.
+
+    :param species_index: species of every atom, ``(n_atoms,)``
+    :param n_species: number of species ``S``
+    :return: ``S`` integer tensors of atom indices
+    """
+    return [torch.nonzero(species_index == species)[:, 0] for species in range(n_species)]
+
+
+class PairTopology(NamedTuple):
+    """What the initial step derives from the species and the pairs alone.
+
+    None of it depends on the positions, so a training step can compute it once per
+    batch outside a compiled function (:py:mod:`lorem_mta.architecture.compiled`):
+    computing it involves shapes that depend on the data (``nonzero``, ``bincount``).
+    """
+
+    #: the atoms of every species (:py:func:`atoms_by_species`)
+    species_atoms: List[torch.Tensor]
+    #: the pairs sorted by species pair (:py:func:`~.radial.sort_pairs`)
+    pair_order: torch.Tensor
+    #: number of pairs of every species pair
+    pair_counts: List[int]
+    #: position of every pair in the sorted order
+    pair_inverse: torch.Tensor
+    #: :py:func:`neighbor_table` of the pairs, ``(n_atoms, width)``
+    table: torch.Tensor
+
+
+def pair_topology(
+    species_index: torch.Tensor, centers: torch.Tensor, neighbors: torch.Tensor, n_species: int
+) -> PairTopology:
+    """The :py:class:`PairTopology` of a batch.
+
+    :param species_index: species (row of the embedding) of every atom, ``(n_atoms,)``
+    :param centers: pair centres, ``(n_pairs,)``
+    :param neighbors: pair neighbours, ``(n_pairs,)``
+    :param n_species: number of species ``S``
+    :return: the atoms by species, the pairs sorted by species pair, the neighbour table
+    """
+    order, counts, inverse = sort_pairs(species_index, centers, neighbors, n_species)
+    return PairTopology(
+        species_atoms=atoms_by_species(species_index, n_species),
+        pair_order=order,
+        pair_counts=counts,
+        pair_inverse=inverse,
+        table=neighbor_table(centers, species_index.shape[0]),
+    )
 
 
 class _SphericalCoefficients(torch.nn.Module):
@@ -209,6 +264,7 @@ class InitialStep(torch.nn.Module):
         neighbors: torch.Tensor,
         radial: torch.Tensor,
         harmonics: torch.Tensor,
+        topology: Optional[PairTopology] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run the first short-range stage.
 
@@ -218,10 +274,14 @@ class InitialStep(torch.nn.Module):
         :param neighbors: pair neighbours, ``(n_pairs,)``
         :param radial: radial basis times cutoff, ``(n_pairs, K)``
         :param harmonics: spherical harmonics, ``(n_pairs, (L + 1)^2)``
+        :param topology: :py:func:`pair_topology` of the batch, computed here if not
+            given
         :return: scalar features ``(n_atoms, d)``, spherical features
             ``(n_atoms, (L + 1)^2, s)`` and atomic energies ``(n_atoms,)``
         """
         n_atoms, n_species = species_index.shape[0], species_embedding.shape[0]
+        if topology is None:
+            topology = pair_topology(species_index, centers, neighbors, n_species)
         # k_ij = rho_ij A_{s_i s_j} is linear in rho: both of its uses below are computed
         # from the species-pair matrices A without forming k_ij for every pair
         matrices = self.radial_coefficients.pair_matrices(species_embedding)
@@ -231,17 +291,25 @@ class InitialStep(torch.nn.Module):
             nodes_scalar = torch.zeros(
                 (n_atoms, self.num_features), dtype=radial.dtype, device=radial.device
             )
-        summed = _sum_by_species(matrices, species_index, centers, neighbors, radial, n_species)
+        summed = _sum_by_species(
+            matrices,
+            species_index,
+            centers,
+            neighbors,
+            radial,
+            n_species,
+            topology.species_atoms,
+        )
         nodes_scalar = self.message_update(nodes_scalar, self.message(summed))
 
         # (W k_ij)^{l,c} = rho_ij (A W^T): one (K, (L + 1) s) matrix per species pair
         projected = matrices @ self.spherical_coefficients.dense.weight.T
-        types = PairTypes(species_index, centers, neighbors, n_species)
-        coefficients = types.apply(radial, projected)  # sorted by pair type
-        table = neighbor_table(centers, n_atoms)
-        sorted_table = torch.cat(
-            [types.inverse, types.inverse.new_full((1,), types.order.shape[0])]
+        coefficients = apply_by_pair_type(  # sorted by pair type
+            radial, projected, topology.pair_order, topology.pair_counts
         )
+        table = topology.table
+        inverse = topology.pair_inverse
+        sorted_table = torch.cat([inverse, inverse.new_full((1,), inverse.shape[0])])
         density = self.spherical_coefficients.density_from_coefficients(
             coefficients, sorted_table[table], harmonics, table
         )

@@ -25,7 +25,7 @@ about :math:`10^{-6}` relative; see ``docs`` for the parity statement.
 """
 
 import math
-from typing import List
+from typing import List, Tuple
 
 import torch
 
@@ -165,13 +165,9 @@ class PairTypes:
         neighbors: torch.Tensor,
         n_species: int,
     ):
-        pair_type = species_index[centers] * n_species + species_index[neighbors]
-        self.order = torch.argsort(pair_type)
-        self.counts: List[int] = torch.bincount(
-            pair_type, minlength=n_species * n_species
-        ).tolist()
-        inverse = torch.empty_like(self.order)
-        inverse[self.order] = torch.arange(self.order.shape[0], device=self.order.device)
+        order, counts, inverse = sort_pairs(species_index, centers, neighbors, n_species)
+        self.order = order
+        self.counts: List[int] = counts
         #: position of every pair in the sorted order
         self.inverse = inverse
 
@@ -182,6 +178,40 @@ class PairTypes:
         :param matrices: tensor of shape ``(n_types, K, F)``
         :return: tensor of shape ``(n_pairs, F)``, row ``inverse[p]`` for pair ``p``
         """
-        chunks = torch.split(radial[self.order], self.counts)
-        per_type = torch.unbind(matrices)
-        return torch.cat([chunks[t] @ per_type[t] for t in range(len(chunks))])
+        return apply_by_pair_type(radial, matrices, self.order, self.counts)
+
+
+def sort_pairs(
+    species_index: torch.Tensor, centers: torch.Tensor, neighbors: torch.Tensor, n_species: int
+) -> Tuple[torch.Tensor, List[int], torch.Tensor]:
+    """The pairs sorted by species pair (the fields of :py:class:`PairTypes`).
+
+    :param species_index: species (row of the embedding) of every atom, ``(n_atoms,)``
+    :param centers: pair centres, ``(n_pairs,)``
+    :param neighbors: pair neighbours, ``(n_pairs,)``
+    :param n_species: number of species ``S``
+    :return: the sorting permutation ``(n_pairs,)``, the number of pairs of each of the
+        ``S^2`` types, and the position of every pair in the sorted order ``(n_pairs,)``
+    """
+    pair_type = species_index[centers] * n_species + species_index[neighbors]
+    order = torch.argsort(pair_type)
+    counts: List[int] = torch.bincount(pair_type, minlength=n_species * n_species).tolist()
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.shape[0], device=order.device)
+    return order, counts, inverse
+
+
+def apply_by_pair_type(
+    radial: torch.Tensor, matrices: torch.Tensor, order: torch.Tensor, counts: List[int]
+) -> torch.Tensor:
+    """``radial_ij @ matrices[type_ij]`` for pairs sorted by :py:func:`sort_pairs`.
+
+    :param radial: tensor of shape ``(n_pairs, K)``
+    :param matrices: tensor of shape ``(n_types, K, F)``
+    :param order: sorting permutation of the pairs, ``(n_pairs,)``
+    :param counts: number of pairs of every type
+    :return: tensor of shape ``(n_pairs, F)`` in the sorted order
+    """
+    chunks = torch.split(radial[order], counts)
+    per_type = torch.unbind(matrices)
+    return torch.cat([chunks[t] @ per_type[t] for t in range(len(chunks))])

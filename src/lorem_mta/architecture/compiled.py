@@ -1,0 +1,265 @@
+r"""Compiled force training: energies and forces of a batch from one compiled function.
+
+A force-training step evaluates the energy :math:`E(\mathbf r; \theta)`, its gradient
+:math:`\partial E / \partial \mathbf r` (with the graph kept) and then the gradient of
+the loss with respect to :math:`\theta` through both. In eager mode each of the three
+passes dispatches thousands of small torch operators, whose fixed cost dominates a
+step of a small model on small structures. With ``compile: true`` (training
+hyperparameter), the trainer evaluates
+
+.. math::
+
+    (\theta, \mathbf r) \mapsto \Big(E_s(\theta, \mathbf r),\
+    \frac{\partial \sum_s E_s}{\partial \mathbf r}\Big)
+
+as one function compiled by ``torch.compile`` (inductor): the inner gradient is taken
+with :py:func:`torch.func.grad` *inside* the compiled function, so that the compiler
+sees the forward and the force pass as one graph and derives a first-order backward
+for the parameters (``torch.compile`` cannot run a double backward through a compiled
+region, so compiling the model alone would not help force training).
+
+Everything that has shapes depending on the data (species present, pairs sorted by
+species pair, the neighbour table, the molecule pairs of the direct Coulomb sum) is
+computed before the call, by :py:meth:`~lorem_mta.modules.LoremBackbone.topology`;
+the compiled function itself only does arithmetic. The numbers are those of the eager
+model up to float round-off (``tests/test_compiled_training.py``).
+
+Supported: the energy target with or without forces (no stress or virial), molecules
+(``pbc=False``) with any model, periodic structures only without the long-range block
+(``lr: false``); models without Born effective charges. Other batches (and validation)
+run in eager mode, and the log says why once. The first batches pay the compilation
+(minutes on a small CPU; cached on disk by torch between runs).
+"""
+
+import logging
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from metatensor.torch import Labels, TensorBlock, TensorMap
+from metatomic.torch import System
+
+from ..modules.backbone import BatchTopology
+
+
+def _energies_and_gradients(
+    backbone: torch.nn.Module,
+    parameters: Dict[str, torch.Tensor],
+    buffers: Dict[str, torch.Tensor],
+    positions: torch.Tensor,
+    types: torch.Tensor,
+    centers: torch.Tensor,
+    neighbors: torch.Tensor,
+    shifts: torch.Tensor,
+    cells: torch.Tensor,
+    atom_ptr: List[int],
+    pair_ptr: List[int],
+    periodic: List[bool],
+    total_charges: Optional[torch.Tensor],
+    topology: BatchTopology,
+    baseline: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Energies of every structure and their gradient with respect to the positions.
+
+    :param backbone: the :py:class:`~lorem_mta.modules.LoremBackbone`
+    :param parameters: its parameters, by name
+    :param buffers: its buffers, by name
+    :param positions: ``(n_atoms, 3)``
+    :param types: atomic numbers, ``(n_atoms,)``
+    :param centers: pair centres, ``(n_pairs,)``
+    :param neighbors: pair neighbours, ``(n_pairs,)``
+    :param shifts: ``S h`` of every pair (zero in molecules), ``(n_pairs, 3)``
+    :param cells: ``(n_structures, 3, 3)``
+    :param atom_ptr: first atom of every structure, plus the total
+    :param pair_ptr: first pair of every structure, plus the total
+    :param periodic: periodicity of every structure
+    :param total_charges: ``(n_structures,)`` or ``None``
+    :param topology: the batch's :py:class:`~lorem_mta.modules.backbone.BatchTopology`
+    :param baseline: energy added per atom (the model's atomic baseline), ``(n_atoms,)``
+    :return: energies ``(n_structures,)`` and gradients ``(n_atoms, 3)``
+    """
+
+    def total_energy(positions: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        vectors = positions[neighbors] - positions[centers] + shifts
+        output = torch.func.functional_call(
+            backbone,
+            (parameters, buffers),
+            (types, positions, centers, neighbors, vectors, cells, atom_ptr, pair_ptr),
+            {"periodic": periodic, "total_charges": total_charges, "topology": topology},
+        )
+        atomic = output.energies + baseline
+        zeros = torch.zeros(len(atom_ptr) - 1, dtype=atomic.dtype, device=atomic.device)
+        energies = zeros.index_add(0, topology.structure, atomic)
+        return energies.sum(), energies
+
+    gradients, energies = torch.func.grad(total_energy, has_aux=True)(positions)
+    return energies, gradients
+
+
+class CompiledEnergyForces:
+    """Energies and position gradients of training batches from a compiled function.
+
+    Returns what :py:func:`metatrain.utils.evaluate_model.evaluate_model` returns for
+    the energy target in training mode (a TensorMap per structure with a ``positions``
+    gradient block), so the loss, the metrics and the scaling of the trainer stay
+    metatrain's.
+
+    :param model: the metatrain model (:py:class:`~lorem_mta.architecture.LoremMta`)
+    :param backend: ``torch.compile`` backend; ``None`` calls the function without
+        compiling it (for tests)
+    """
+
+    def __init__(self, model: torch.nn.Module, backend: Optional[str] = "inductor") -> None:
+        self.model = model
+        self.lorem = model.lorem
+        self.backbone = model.lorem.backbone
+        self.function = _energies_and_gradients
+        if backend is not None:
+            # one graph or an error: a graph break inside torch.func.grad would run the
+            # whole function in eager mode, silently
+            self.function = torch.compile(
+                _energies_and_gradients, backend=backend, dynamic=True, fullgraph=True
+            )
+        self._told: set = set()
+
+    def unsupported(self, systems: List[System], targets: Dict) -> Optional[str]:
+        """Why this batch runs in eager mode, or ``None`` if it runs compiled.
+
+        :param systems: the batch
+        :param targets: the target infos of the batch, by name
+        :return: a reason, or ``None``
+        """
+        if set(targets) != {self.model.target_name}:
+            return "targets other than the energy (" + ", ".join(sorted(targets)) + ")"
+        info = targets[self.model.target_name]
+        if not set(info.gradients) <= {"positions"}:
+            return "stress or virial training"
+        if info.per_atom:
+            return "per-atom energies"
+        if self.backbone.bec:
+            return "Born effective charges"
+        if self.backbone.long_range is not None and any(bool(s.pbc.any()) for s in systems):
+            return "periodic structures with the long-range block"
+        return None
+
+    def __call__(self, systems: List[System], targets: Dict) -> Dict[str, TensorMap]:
+        """Energy (and forces, if the target has them) of a batch.
+
+        :param systems: the batch, with neighbour lists
+        :param targets: the target infos of the batch, by name
+        :return: ``{target name: energy TensorMap}``
+        """
+        lorem = self.lorem
+        lorem._check_dtypes(systems)
+        flat = lorem._flatten(systems)
+        total_charges: Optional[torch.Tensor] = None
+        if lorem.total_charge:
+            total_charges = lorem._total_charges(
+                systems, flat.positions.dtype, flat.positions.device
+            )
+        topology = self.backbone.topology(
+            flat.types, flat.centers, flat.neighbors, flat.atom_ptr, flat.periodic
+        )
+        positions = flat.positions.detach()
+        shifts = _pair_shifts(systems, lorem, flat.cells)
+        baseline = lorem.atomic_baseline.to(positions.dtype)[flat.types]
+        parameters = dict(self.backbone.named_parameters())
+        buffers = dict(self.backbone.named_buffers())
+        try:
+            energies, gradients = self.function(
+                self.backbone,
+                parameters,
+                buffers,
+                positions,
+                flat.types,
+                flat.centers,
+                flat.neighbors,
+                shifts,
+                flat.cells.detach(),
+                flat.atom_ptr,
+                flat.pair_ptr,
+                flat.periodic,
+                total_charges,
+                topology,
+                baseline,
+            )
+        except torch._dynamo.exc.TorchDynamoException as error:
+            raise RuntimeError(
+                "compile: torch.compile could not compile the training step of this "
+                "batch (" + type(error).__name__ + "); train with 'compile: false'"
+            ) from error
+        name = self.model.target_name
+        with_forces = "positions" in targets[name].gradients
+        return {name: _energy_map(energies, gradients if with_forces else None, flat.atom_ptr)}
+
+    def tell_once(self, reason: str) -> None:
+        """Log once per reason that batches run in eager mode.
+
+        :param reason: from :py:meth:`unsupported`
+        """
+        if reason not in self._told:
+            self._told.add(reason)
+            logging.info(f"compile: batches with {reason} run in eager mode")
+
+
+def _pair_shifts(
+    systems: List[System], lorem: torch.nn.Module, cells: torch.Tensor
+) -> torch.Tensor:
+    """``S h`` of every pair: the cell shifts of the neighbour lists times the cells.
+
+    :param systems: the batch
+    :param lorem: the :py:class:`~lorem_mta.model.LoremModel` (its neighbour options)
+    :param cells: ``(n_structures, 3, 3)``
+    :return: ``(n_pairs, 3)``
+    """
+    shifts = []
+    for k, system in enumerate(systems):
+        samples = system.get_neighbor_list(lorem.neighbor_options).samples.values
+        cell_shifts = samples[:, 2:5].to(cells.dtype)
+        shifts.append(cell_shifts @ cells[k].detach())
+    if len(shifts) == 0:
+        return cells.new_zeros((0, 3))
+    return torch.cat(shifts)
+
+
+def _energy_map(
+    energies: torch.Tensor, gradients: Optional[torch.Tensor], atom_ptr: List[int]
+) -> TensorMap:
+    """The energy TensorMap of ``evaluate_model``, with a ``positions`` gradient block.
+
+    :param energies: ``(n_structures,)``
+    :param gradients: ``(n_atoms, 3)`` or ``None``
+    :param atom_ptr: first atom of every structure, plus the total
+    :return: TensorMap with one block (samples ``system``, property ``energy``)
+    """
+    device = energies.device
+    n_structures = energies.shape[0]
+    properties = Labels(["energy"], torch.tensor([[0]], device=device))
+    block = TensorBlock(
+        values=energies.unsqueeze(-1),
+        samples=Labels(
+            ["system"],
+            torch.arange(n_structures, device=device, dtype=torch.int32).reshape(-1, 1),
+        ),
+        components=[],
+        properties=properties,
+    )
+    if gradients is not None:
+        counts = torch.tensor(
+            [atom_ptr[k + 1] - atom_ptr[k] for k in range(n_structures)], device=device
+        )
+        structure = torch.repeat_interleave(torch.arange(n_structures, device=device), counts)
+        first = torch.tensor(atom_ptr[:-1], device=device)
+        atom = torch.arange(gradients.shape[0], device=device) - first[structure]
+        block.add_gradient(
+            "positions",
+            TensorBlock(
+                values=gradients.unsqueeze(-1),
+                samples=Labels(
+                    ["sample", "atom"],
+                    torch.stack([structure, atom], dim=1).to(torch.int32),
+                ),
+                components=[Labels(["xyz"], torch.arange(3, device=device).reshape(-1, 1))],
+                properties=properties,
+            ),
+        )
+    return TensorMap(Labels("_", torch.tensor([[0]], device=device)), [block])

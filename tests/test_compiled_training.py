@@ -1,0 +1,233 @@
+"""Compiled force training (``compile: true``, :py:mod:`lorem_mta.architecture.compiled`).
+
+* the batch topology computed outside the backbone changes nothing;
+* the energies-and-forces function equals metatrain's ``evaluate_model`` of the model
+  (values, metadata and parameter gradients of a force loss), eagerly and traced by
+  ``torch.compile`` as one graph (``fullgraph=True``: a graph break fails the test);
+* batches it does not support are named and run in eager mode;
+* (slow) training with ``compile: true`` and inductor gives the losses of eager training.
+"""
+
+import logging
+from pathlib import Path
+
+import ase.io
+import pytest
+import torch
+from _helpers import make_model, molecule, nacl_cell
+from metatrain.utils.architectures import get_default_hypers
+from metatrain.utils.data import DatasetInfo, get_atomic_types, get_dataset
+from metatrain.utils.evaluate_model import evaluate_model
+from metatrain.utils.neighbor_lists import get_system_with_neighbor_lists
+
+from lorem_mta.architecture import LoremMta, Trainer
+from lorem_mta.architecture.compiled import CompiledEnergyForces
+from lorem_mta.utils import attach_neighbors, system_from_atoms
+
+CUMULENES = Path(__file__).resolve().parents[1] / "examples" / "train" / "cumulene.xyz"
+SMALL = {
+    "cutoff": 5.0,
+    "max_degree": 2,
+    "max_degree_lr": 2,
+    "num_features": 8,
+    "num_spherical_features": 2,
+    "num_radial": 4,
+    "num_species": 2,
+}
+
+
+def energy_target(path: Path) -> dict:
+    return {
+        "quantity": "energy",
+        "read_from": str(path),
+        "reader": "ase",
+        "key": "energy",
+        "unit": "eV",
+        "type": "scalar",
+        "sample_kind": "system",
+        "num_subtargets": 1,
+        "forces": {"read_from": str(path), "reader": "ase", "key": "forces"},
+        "stress": False,
+        "virial": False,
+    }
+
+
+def cumulene_data(path: Path = CUMULENES):
+    dataset, targets, _ = get_dataset(
+        {
+            "systems": {"read_from": str(path), "reader": "ase"},
+            "targets": {"energy": energy_target(path)},
+        }
+    )
+    info = DatasetInfo(
+        length_unit="angstrom", atomic_types=get_atomic_types(dataset), targets=targets
+    )
+    return dataset, info
+
+
+def metatrain_model(info: DatasetInfo, seed: int = 0, **hypers) -> LoremMta:
+    torch.manual_seed(seed)
+    defaults = get_default_hypers("experimental.lorem_mta")["model"]
+    model = LoremMta({**defaults, **SMALL, **hypers}, info).to(torch.float64)
+    with torch.no_grad():  # non-trivial weights everywhere (fresh biases are zero)
+        for parameter in model.lorem.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    return model.train()
+
+
+def batch(model: LoremMta, frames: list) -> list:
+    systems = [system_from_atoms(atoms, torch.float64) for atoms in frames]
+    options = model.requested_neighbor_lists()
+    return [get_system_with_neighbor_lists(system, options) for system in systems]
+
+
+def loss_of(predictions: dict, name: str) -> torch.Tensor:
+    block = predictions[name].block()
+    return (block.values**2).sum() + (block.gradient("positions").values ** 2).sum()
+
+
+def compare(model: LoremMta, systems: list, compiled: CompiledEnergyForces) -> None:
+    """Same energies, gradients, metadata and parameter gradients as evaluate_model."""
+    name = model.target_name
+    targets = {name: model.dataset_info.targets[name]}
+    parameters = list(model.lorem.backbone.parameters())
+
+    expected = evaluate_model(model, systems, targets, is_training=True)
+    expected_grads = torch.autograd.grad(loss_of(expected, name), parameters, allow_unused=True)
+    found = compiled(systems, targets)
+    found_grads = torch.autograd.grad(loss_of(found, name), parameters, allow_unused=True)
+
+    block, reference = found[name].block(), expected[name].block()
+    assert block.samples == reference.samples
+    assert block.properties == reference.properties
+    torch.testing.assert_close(block.values, reference.values, rtol=1e-12, atol=1e-12)
+    gradient, reference_gradient = block.gradient("positions"), reference.gradient("positions")
+    assert gradient.samples == reference_gradient.samples
+    assert gradient.components == reference_gradient.components
+    torch.testing.assert_close(
+        gradient.values, reference_gradient.values, rtol=1e-10, atol=1e-12
+    )
+    checked = 0
+    for a, b in zip(found_grads, expected_grads, strict=True):
+        if b is None:
+            continue
+        scale = float(b.abs().max()) + 1e-300
+        assert float((a - b).abs().max()) <= 1e-9 * max(scale, 1.0)
+        checked += 1
+    assert checked > 20
+
+
+@pytest.mark.parametrize("variant", [{}, {"num_message_passing": 1}, {"lr": False}])
+def test_backbone_with_given_topology_is_unchanged(variant):
+    model = (
+        make_model(max_degree_lr=2, **variant)
+        if variant.get("lr", True)
+        else make_model(**variant)
+    )
+    frames = [molecule(seed=k) for k in range(3)]
+    if not variant.get("lr", True):
+        frames.append(nacl_cell())
+    systems = [system_from_atoms(atoms, torch.float64) for atoms in frames]
+    attach_neighbors(model, systems)
+    flat = model._flatten(systems)
+    backbone = model.backbone
+    args = (flat.types, flat.positions, flat.centers, flat.neighbors, flat.vectors)
+    rest = (flat.cells, flat.atom_ptr, flat.pair_ptr, flat.periodic)
+    plain = backbone(*args, *rest)
+    topology = backbone.topology(
+        flat.types, flat.centers, flat.neighbors, flat.atom_ptr, flat.periodic
+    )
+    if backbone.long_range is not None:
+        n_pairs = sum(n * (n - 1) // 2 for n in [len(a) for a in frames])
+        assert topology.molecule_pairs.shape == (2, n_pairs)
+    given = backbone(*args, *rest, topology=topology)
+    assert torch.equal(plain.energies, given.energies)
+    assert torch.equal(plain.charges, given.charges)
+
+
+def test_function_equals_evaluate_model():
+    dataset, info = cumulene_data()
+    model = metatrain_model(info)
+    frames = ase.io.read(CUMULENES, ":5")
+    compare(model, batch(model, frames), CompiledEnergyForces(model, backend=None))
+
+
+def test_function_traces_as_one_graph():
+    """``fullgraph=True``: any graph break (data-dependent shape, Python branch on a
+    tensor value) raises instead of silently running eagerly."""
+    dataset, info = cumulene_data()
+    model = metatrain_model(info, seed=1, num_features=4, num_radial=2)
+    frames = ase.io.read(CUMULENES, ":6")
+    compiled = CompiledEnergyForces(model, backend="aot_eager")
+    compare(model, batch(model, frames[:4]), compiled)
+    compare(model, batch(model, frames[4:]), compiled)  # another batch size
+
+
+def test_unsupported_batches_are_named(caplog):
+    dataset, info = cumulene_data()
+    model = metatrain_model(info)
+    compiled = CompiledEnergyForces(model, backend=None)
+    name = model.target_name
+    targets = {name: info.targets[name]}
+    molecules = batch(model, ase.io.read(CUMULENES, ":2"))
+    assert compiled.unsupported(molecules, targets) is None
+    periodic = ase.io.read(CUMULENES, "0")
+    periodic.cell = [20.0, 20.0, 20.0]
+    periodic.pbc = True
+    reason = compiled.unsupported(batch(model, [periodic]), targets)
+    assert reason == "periodic structures with the long-range block"
+    assert "dipole" in compiled.unsupported(molecules, {**targets, "dipole": None})
+    with caplog.at_level(logging.INFO):
+        compiled.tell_once(reason)
+        compiled.tell_once(reason)
+    assert caplog.text.count("run in eager mode") == 1
+
+    short_range = metatrain_model(info, lr=False)
+    compiled = CompiledEnergyForces(short_range, backend=None)
+    assert compiled.unsupported(batch(short_range, [periodic]), targets) is None
+
+
+def test_periodic_short_range_model_equals_evaluate_model():
+    dataset, info = cumulene_data()
+    model = metatrain_model(info, lr=False)
+    frames = ase.io.read(CUMULENES, ":3")
+    for k, atoms in enumerate(frames):  # small cells: pairs across the boundary
+        atoms.cell = [7.0 + k, 8.0, 9.0]
+        atoms.pbc = True
+    compare(model, batch(model, frames), CompiledEnergyForces(model, backend=None))
+
+
+@pytest.mark.slow
+def test_compiled_training_gives_the_losses_of_eager_training(tmp_path, monkeypatch):
+    """Two epochs with inductor: every logged training loss as in eager mode (float64)."""
+    dataset, info = cumulene_data()
+    train_set = torch.utils.data.Subset(dataset, list(range(16)))
+    val_set = torch.utils.data.Subset(dataset, list(range(16, 21)))
+    calls = []
+    original = CompiledEnergyForces.__call__
+
+    def counting(self, systems, targets):
+        calls.append(len(systems))
+        return original(self, systems, targets)
+
+    monkeypatch.setattr(CompiledEnergyForces, "__call__", counting)
+    losses = {}
+    for flag in (False, True):
+        torch.manual_seed(0)
+        defaults = get_default_hypers("experimental.lorem_mta")
+        model = LoremMta({**defaults["model"], **SMALL}, info)
+        hypers = defaults["training"]
+        hypers.update(batch_size=4, num_workers=0, log_interval=1, num_epochs=2, compile=flag)
+        trainer = Trainer(hypers)
+        logged = losses.setdefault(flag, [])
+
+        def log(self, metrics, *args, logged=logged, **kwargs):
+            logged.append(metrics[0]["loss"])
+
+        monkeypatch.setattr("metatrain.utils.logging.MetricLogger.log", log)
+        trainer.train(
+            model, torch.float64, [torch.device("cpu")], [train_set], [val_set], str(tmp_path)
+        )
+    assert calls == [4, 4, 4, 4] * 2  # every training batch went through it
+    assert len(losses[True]) == 2
+    torch.testing.assert_close(losses[True], losses[False], rtol=1e-9, atol=0.0)
