@@ -196,6 +196,7 @@ def mtt_options(args: argparse.Namespace, lr: bool, seed: int) -> dict:
                 "log_interval": max(1, args.epochs // 10),
                 "checkpoint_interval": 100000,
                 "num_workers": 0,
+                "compile": args.compile,
                 "loss": {"energy": {"type": "mse", "weight": 0.5, "forces": {"weight": 0.5}}},
             },
         },
@@ -587,6 +588,7 @@ def entry(
             "schedule": f"constant for {args.decay_start_epoch} epochs, then linear",
             "loss_weights": {"energy_per_atom": 0.5, "forces": 0.5},
             "precision": "float32",
+            "compile": args.compile,
         },
         "test_reference": reference,
         "runs": runs,
@@ -662,6 +664,12 @@ def main() -> None:
         "--evaluate-only",
         action="store_true",
         help="evaluate existing runs in --workdir, do not train",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="train lorem_mta with `compile: true` (the CPU budget then includes the "
+        "compilation done in the training process)",
     )
     args = parser.parse_args()
     if args.decay_start_epoch is None:

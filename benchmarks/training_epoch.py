@@ -23,6 +23,8 @@ Usage::
         --model small --epochs 3 --repeats 3
     OMP_NUM_THREADS=1 nice python benchmarks/training_epoch.py --case cumulene \\
         --model small --profile benchmarks/results/profile.txt
+    OMP_NUM_THREADS=1 nice python benchmarks/training_epoch.py --case cumulene \\
+        --model small --with-compiled --jax --repeats 2   # eager, compile: true, lorem-jax
 """
 
 import argparse
@@ -357,6 +359,10 @@ def compare(args: argparse.Namespace) -> None:
         )
     current_command = command + ["--training", args.training]
     variants.append(("current", current_command, {**os.environ, "PYTHONPATH": current}))
+    if args.with_compiled:
+        compiled = json.dumps({**json.loads(args.training), "compile": True})
+        compiled_command = command + ["--training", compiled]
+        variants.append(("compiled", compiled_command, {**os.environ, "PYTHONPATH": current}))
     times: dict = {name: [] for name, _, _ in variants}
     with tempfile.TemporaryDirectory() as tmp:
         if args.jax:
@@ -364,9 +370,12 @@ def compare(args: argparse.Namespace) -> None:
                 write(selected, Path(tmp) / f"{name}.xyz")
             variants.append(("lorem-jax", jax_command(args, Path(tmp)), jax_env()))
             times["lorem-jax"] = []
+        first: dict = {name: [] for name in times}
         for _ in range(args.repeats):
             for name, variant_command, env in variants:
-                times[name] += run_json(variant_command, env)["cpu_s_per_epoch"]
+                result = run_json(variant_command, env)
+                times[name] += result["cpu_s_per_epoch"]
+                first[name] += result.get("first_epoch_cpu_s", [])
                 print(f"{name}: {times[name]} CPU-s/epoch", flush=True)
     record = {
         "case": args.case,
@@ -377,6 +386,7 @@ def compare(args: argparse.Namespace) -> None:
         "training": json.loads(args.training),
         "cpu_s_per_epoch": times,
         "median": {name: float(np.median(values)) for name, values in times.items()},
+        "first_epoch_cpu_s": first,
     }
     for name in times:
         if name != "current":
@@ -408,8 +418,14 @@ def main() -> None:
         "`git archive main src`), in subprocesses interleaved with the current one",
     )
     parser.add_argument("--jax", action="store_true", help="also time lorem-jax")
+    parser.add_argument(
+        "--with-compiled",
+        action="store_true",
+        help="also time the current code with `compile: true` (its first epoch, which "
+        "compiles, is not timed; see first_epoch_cpu_s)",
+    )
     args = parser.parse_args()
-    if args.baseline_src is not None or args.jax:
+    if args.baseline_src is not None or args.jax or args.with_compiled:
         compare(args)
         return
     torch.set_num_threads(1)
@@ -425,11 +441,12 @@ def main() -> None:
         if args.ops is not None:
             operator_profile(case_data, model_hypers, training, args.ops)
             return
-        per_epoch = []
+        per_epoch, first_epoch = [], []
         for _ in range(args.repeats):
             # epochs 2, 3, ... (the first one warms up)
-            _, epochs_cpu, _, _ = train(case_data, model_hypers, 1 + args.epochs, training)
+            total, epochs_cpu, _, _ = train(case_data, model_hypers, 1 + args.epochs, training)
             per_epoch += epochs_cpu
+            first_epoch.append(total - sum(epochs_cpu))
             print(f"{args.case} {args.model}: {epochs_cpu} CPU-s/epoch", flush=True)
     record = {
         "case": args.case,
@@ -439,6 +456,8 @@ def main() -> None:
         "n_val": len(case_data[1]),
         "cpu_s_per_epoch": per_epoch,
         "median": float(np.median(per_epoch)),
+        # set-up and first epoch (with compile: true, the compilation in this process)
+        "first_epoch_cpu_s": first_epoch,
         "threads": torch.get_num_threads(),
         "omp": os.environ.get("OMP_NUM_THREADS"),
     }
