@@ -185,7 +185,9 @@ def train(
             cpu = time.process_time() - start
     finally:
         mtt_logging.MetricLogger.log = log
-    epochs_cpu = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    # the metric logger is also called once after the last epoch (the best epoch's
+    # errors): only the intervals between the ends of consecutive epochs count
+    epochs_cpu = [b - a for a, b in zip(stamps, stamps[1:], strict=False)][: epochs - 1]
     return cpu, epochs_cpu, model, trainer
 
 

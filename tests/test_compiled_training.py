@@ -198,6 +198,7 @@ def test_periodic_short_range_model_equals_evaluate_model():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # a cold compilation takes minutes, more on a loaded machine
 def test_compiled_training_gives_the_losses_of_eager_training(tmp_path, monkeypatch):
     """Two epochs with inductor: every logged training loss as in eager mode (float64)."""
     dataset, info = cumulene_data()

@@ -186,6 +186,24 @@ def test_schedule_follows_the_budget():
     assert rates[-1] == pytest.approx(1e-6)  # final_learning_rate at the end of the budget
 
 
+def test_a_long_first_epoch_does_not_shorten_the_schedule():
+    """A first epoch of 50 s (e.g. compilation) then epochs of 2 s in a 250 s budget:
+    100 epochs fit after the first; the estimate uses the epochs after the first."""
+    budget = TimeBudget(250.0)
+    clock = {"t": 0.0}
+    budget._clock = lambda: clock["t"]
+    budget.start = budget.now()
+    estimates = []
+    for epoch in range(1, 21):
+        budget.start_epoch()
+        clock["t"] += 50.0 if epoch == 1 else 2.0
+        budget.end_epoch()
+        estimates.append(budget.expected_epochs(epoch, 100000))
+    assert estimates[0] == 1 + int(200.0 // 50.0)  # only the first epoch known yet
+    assert estimates[1:] == [101] * 19  # 50 + 100 x 2 = 250 s
+    # with the mean of all epochs it would have been 20 + floor(162 / 4.4) = 56 at epoch 20
+
+
 def test_decay_starts_at_half_when_the_budget_is_short():
     hypers = get_default_hypers("experimental.lorem_mta")["training"]
     hypers.update(num_epochs=100, decay_start_epoch=8, learning_rate=1e-3)

@@ -413,7 +413,8 @@ class TrainerHypers(TypedDict):
     preparing the data count); after every epoch, training stops if one more epoch, as
     long as the last one, would overrun the budget, and the log says so. The
     learning-rate schedule then spans the epochs that fit in the budget instead of
-    ``num_epochs`` (re-estimated after every epoch from the mean epoch time), so that
+    ``num_epochs`` (re-estimated after every epoch from the mean epoch time; the first
+    epoch, which may include a compilation, is left out once others ended), so that
     ``linear_decay`` and ``cosine`` reach ``final_learning_rate`` at the end of the
     budget (the linear decay starts at ``decay_start_epoch`` or half-way through the
     epochs that fit, whichever comes first). The model with the best validation metric among the

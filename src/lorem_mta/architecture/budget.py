@@ -3,12 +3,13 @@
 Training stops after the last epoch that ends within the budget: after every epoch, the
 run stops if one more epoch (as long as the last one) would not fit in what is left.
 The learning-rate schedule follows the budget instead of ``num_epochs``: after every
-epoch, :py:meth:`TimeBudget.expected_epochs` estimates from the mean epoch time how many
-epochs the run will reach, and the schedule of :py:func:`.optimization.get_scheduler` decays
-to ``final_learning_rate`` at that epoch. The best model is selected on the validation
-set after every epoch as usual, so the checkpoint that ``mtt train`` exports at the end
-is the best one of the epochs that were run. :py:func:`decide` makes these decisions
-after every epoch.
+epoch, :py:meth:`TimeBudget.expected_epochs` estimates from the mean epoch time (the
+first epoch left out once others ended: it carries one-off costs such as compilation)
+how many epochs the run will reach, and the schedule of
+:py:func:`.optimization.get_scheduler` decays to ``final_learning_rate`` at that epoch.
+The best model is selected on the validation set after every epoch as usual, so the
+checkpoint that ``mtt train`` exports at the end is the best one of the epochs that
+were run. :py:func:`decide` makes these decisions after every epoch.
 """
 
 import math
@@ -63,12 +64,16 @@ class TimeBudget:
         :param num_epochs: the configured number of epochs
         :return: ``num_epochs`` without a budget or before the first epoch ended;
             otherwise the epochs done plus those that fit in the rest of the budget at
-            the mean epoch time of this run, at most ``num_epochs`` and at least the
-            epochs done
+            the mean time of this run's epochs after the first (of the first while it
+            is the only one), at most ``num_epochs`` and at least the epochs done
         """
         if self.seconds is None or len(self.epoch_times) == 0:
             return num_epochs
-        mean = sum(self.epoch_times) / len(self.epoch_times)
+        # the first epoch carries one-off costs (compile: true compiles during its first
+        # batch, which can take longer than a hundred epochs): once others ended, they
+        # alone give the epoch time
+        times = self.epoch_times[1:] if len(self.epoch_times) > 1 else self.epoch_times
+        mean = sum(times) / len(times)
         left = max(0.0, self.seconds - self.used())
         more = math.floor(left / mean) if mean > 0.0 else num_epochs
         return max(epochs_done, min(num_epochs, epochs_done + more))
