@@ -14,7 +14,7 @@ from pathlib import Path
 import ase.io
 import pytest
 import torch
-from _helpers import make_model, molecule, nacl_cell
+from _helpers import energy_target, make_model, molecule, nacl_cell
 from metatrain.utils.architectures import get_default_hypers
 from metatrain.utils.data import DatasetInfo, get_atomic_types, get_dataset
 from metatrain.utils.evaluate_model import evaluate_model
@@ -36,27 +36,11 @@ SMALL = {
 }
 
 
-def energy_target(path: Path) -> dict:
-    return {
-        "quantity": "energy",
-        "read_from": str(path),
-        "reader": "ase",
-        "key": "energy",
-        "unit": "eV",
-        "type": "scalar",
-        "sample_kind": "system",
-        "num_subtargets": 1,
-        "forces": {"read_from": str(path), "reader": "ase", "key": "forces"},
-        "stress": False,
-        "virial": False,
-    }
-
-
 def cumulene_data(path: Path = CUMULENES):
     dataset, targets, _ = get_dataset(
         {
             "systems": {"read_from": str(path), "reader": "ase"},
-            "targets": {"energy": energy_target(path)},
+            "targets": {"energy": energy_target(str(path))},
         }
     )
     info = DatasetInfo(
