@@ -38,6 +38,7 @@ import torch
 from metatensor.torch import Labels, TensorBlock, TensorMap
 from metatomic.torch import System
 
+from ..model import FlatSystems
 from ..modules.backbone import BatchTopology
 
 
@@ -189,7 +190,7 @@ class CompiledEnergyForces:
             ) from error
         name = self.model.target_name
         with_forces = "positions" in targets[name].gradients
-        return {name: _energy_map(energies, gradients if with_forces else None, flat.atom_ptr)}
+        return {name: _energy_map(energies, gradients if with_forces else None, flat)}
 
     def tell_once(self, reason: str) -> None:
         """Log once per reason that batches run in eager mode.
@@ -222,13 +223,13 @@ def _pair_shifts(
 
 
 def _energy_map(
-    energies: torch.Tensor, gradients: Optional[torch.Tensor], atom_ptr: List[int]
+    energies: torch.Tensor, gradients: Optional[torch.Tensor], flat: FlatSystems
 ) -> TensorMap:
     """The energy TensorMap of ``evaluate_model``, with a ``positions`` gradient block.
 
     :param energies: ``(n_structures,)``
     :param gradients: ``(n_atoms, 3)`` or ``None``
-    :param atom_ptr: first atom of every structure, plus the total
+    :param flat: the flattened batch (its system and atom index of every atom)
     :return: TensorMap with one block (samples ``system``, property ``energy``)
     """
     device = energies.device
@@ -244,19 +245,12 @@ def _energy_map(
         properties=properties,
     )
     if gradients is not None:
-        counts = torch.tensor(
-            [atom_ptr[k + 1] - atom_ptr[k] for k in range(n_structures)], device=device
-        )
-        structure = torch.repeat_interleave(torch.arange(n_structures, device=device), counts)
-        first = torch.tensor(atom_ptr[:-1], device=device)
-        atom = torch.arange(gradients.shape[0], device=device) - first[structure]
         block.add_gradient(
             "positions",
             TensorBlock(
                 values=gradients.unsqueeze(-1),
                 samples=Labels(
-                    ["sample", "atom"],
-                    torch.stack([structure, atom], dim=1).to(torch.int32),
+                    ["sample", "atom"], torch.stack([flat.system_index, flat.atom_index], dim=1)
                 ),
                 components=[Labels(["xyz"], torch.arange(3, device=device).reshape(-1, 1))],
                 properties=properties,
