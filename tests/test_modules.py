@@ -239,7 +239,7 @@ def test_density_from_the_neighbor_table_equals_the_sum_of_edge_features():
 
 def test_species_pair_shortcuts_equal_the_per_pair_radial_coefficients():
     from lorem_mta.modules.message_passing import _sum_by_species
-    from lorem_mta.modules.radial import PairTypes, RadialCoefficients
+    from lorem_mta.modules.radial import RadialCoefficients, apply_by_pair_type, sort_pairs
 
     torch.manual_seed(3)
     radial_coefficients = RadialCoefficients(4, 6, 5).double()
@@ -252,9 +252,9 @@ def test_species_pair_shortcuts_equal_the_per_pair_radial_coefficients():
     per_pair = radial_coefficients(embedding[species_index], centers, neighbors, radial)
 
     matrices = radial_coefficients.pair_matrices(embedding)
-    types = PairTypes(species_index, centers, neighbors, 3)
-    by_type = types.apply(radial, matrices)
-    torch.testing.assert_close(by_type[types.inverse], per_pair, rtol=1e-12, atol=1e-12)
+    order, counts, inverse = sort_pairs(species_index, centers, neighbors, 3)
+    by_type = apply_by_pair_type(radial, matrices, order, counts)
+    torch.testing.assert_close(by_type[inverse], per_pair, rtol=1e-12, atol=1e-12)
     # sum over the neighbours from the radial basis summed per neighbour species
     expected = torch.zeros(7, 5, dtype=torch.float64).index_add(0, centers, per_pair)
     summed = _sum_by_species(matrices, species_index, centers, neighbors, radial, 3)

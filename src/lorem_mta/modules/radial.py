@@ -145,46 +145,15 @@ class RadialCoefficients(torch.nn.Module):
         return self.mlp(pair_inputs).reshape(-1, self.num_radial, self.features)
 
 
-class PairTypes:
-    """The species pair of every pair, and the pairs sorted by it.
-
-    Pairs sorted by type let a per-type linear map run as one matrix product per type
-    (and one gather back to the pair order, instead of an update of the whole output
-    per type, which the double backward of force training would copy once per type).
-
-    :param species_index: species (row of the embedding) of every atom, ``(n_atoms,)``
-    :param centers: pair centres, ``(n_pairs,)``
-    :param neighbors: pair neighbours, ``(n_pairs,)``
-    :param n_species: number of species
-    """
-
-    def __init__(
-        self,
-        species_index: torch.Tensor,
-        centers: torch.Tensor,
-        neighbors: torch.Tensor,
-        n_species: int,
-    ):
-        order, counts, inverse = sort_pairs(species_index, centers, neighbors, n_species)
-        self.order = order
-        self.counts: List[int] = counts
-        #: position of every pair in the sorted order
-        self.inverse = inverse
-
-    def apply(self, radial: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
-        """``radial_ij @ matrices[type_ij]`` for every pair, in the sorted order.
-
-        :param radial: tensor of shape ``(n_pairs, K)``
-        :param matrices: tensor of shape ``(n_types, K, F)``
-        :return: tensor of shape ``(n_pairs, F)``, row ``inverse[p]`` for pair ``p``
-        """
-        return apply_by_pair_type(radial, matrices, self.order, self.counts)
-
-
 def sort_pairs(
     species_index: torch.Tensor, centers: torch.Tensor, neighbors: torch.Tensor, n_species: int
 ) -> Tuple[torch.Tensor, List[int], torch.Tensor]:
-    """The pairs sorted by species pair (the fields of :py:class:`PairTypes`).
+    """The pairs sorted by species pair.
+
+    Pairs sorted by type let a per-type linear map run as one matrix product per type
+    (:py:func:`apply_by_pair_type`, and one gather back to the pair order, instead of an
+    update of the whole output per type, which the double backward of force training
+    would copy once per type).
 
     :param species_index: species (row of the embedding) of every atom, ``(n_atoms,)``
     :param centers: pair centres, ``(n_pairs,)``
