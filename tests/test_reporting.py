@@ -133,6 +133,15 @@ def test_checkpoint_upgrade_v2_v3():
     assert checkpoint["schedule_epochs"] == 123 and checkpoint["best_errors"] is None
 
 
+def test_checkpoint_upgrade_v3_v4_trains_eagerly():
+    from lorem_mta.architecture import checkpoints
+
+    checkpoint = {"trainer_ckpt_version": 3, "train_hypers": {"num_epochs": 123}}
+    checkpoints.upgrade(checkpoint, "trainer", 4)
+    assert checkpoint["train_hypers"]["compile"] is False
+    assert checkpoint["trainer_ckpt_version"] == 4
+
+
 # -- best epoch --------------------------------------------------------------------------
 
 

@@ -30,7 +30,7 @@ stores ``norm_smoothing`` and ``neutral_charges`` (older models: exact norm, cha
 they come); trainer version 2 adds the ``time_budget``, ``time_budget_clock`` and
 ``cache_neighbor_lists`` options; trainer version 3 stores the epochs the learning-rate
 schedule spans (``schedule_epochs``, kept on restart) and the errors of the best epoch
-(``best_errors``).
+(``best_errors``); trainer version 4 adds the ``compile`` option.
 """
 
 import os
@@ -87,6 +87,14 @@ def trainer_update_v2_v3(checkpoint: Dict[str, Any]) -> None:
     """
     checkpoint.setdefault("schedule_epochs", checkpoint["train_hypers"]["num_epochs"])
     checkpoint.setdefault("best_errors", None)
+
+
+def trainer_update_v3_v4(checkpoint: Dict[str, Any]) -> None:
+    """Add the ``compile`` option, off (eager training, as before).
+
+    :param checkpoint: the checkpoint dictionary, modified in place
+    """
+    checkpoint["train_hypers"].setdefault("compile", False)
 
 
 def upgrade(checkpoint: Dict[str, Any], kind: str, current: int) -> Dict[str, Any]:

@@ -100,7 +100,7 @@ class Trainer(TrainerInterface[TrainerHypers]):
         :py:class:`lorem_mta.documentation.TrainerHypers`
     """
 
-    __checkpoint_version__ = 3
+    __checkpoint_version__ = 4
 
     def __init__(self, hypers: TrainerHypers):
         super().__init__(hypers)
