@@ -181,39 +181,91 @@ def test_periodic_short_range_model_equals_evaluate_model():
     compare(model, batch(model, frames), CompiledEnergyForces(model, backend=None))
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(3600)  # a cold compilation takes minutes, more on a loaded machine
-def test_compiled_training_gives_the_losses_of_eager_training(tmp_path, monkeypatch):
-    """Two epochs with inductor: every logged training loss as in eager mode (float64)."""
-    dataset, info = cumulene_data()
-    train_set = torch.utils.data.Subset(dataset, list(range(16)))
-    val_set = torch.utils.data.Subset(dataset, list(range(16, 21)))
+def train_and_log(
+    info, train_set, val_set, compile, tmp_path, monkeypatch, epochs=2, batch_size=4
+):
+    """Train a fresh small model in float64; the logged training and validation
+    losses, one pair per epoch and one for the best epoch at the end."""
+    torch.manual_seed(0)
+    defaults = get_default_hypers("experimental.lorem_mta")
+    model = LoremMta({**defaults["model"], **SMALL}, info)
+    hypers = defaults["training"]
+    hypers.update(
+        batch_size=batch_size, num_workers=0, log_interval=1, num_epochs=epochs, compile=compile
+    )
+    logged = []
+    tmp_path.mkdir(exist_ok=True)
+
+    def log(self, metrics, *args, **kwargs):
+        logged.append((metrics[0]["loss"], metrics[1]["loss"]))
+
+    monkeypatch.setattr("metatrain.utils.logging.MetricLogger.log", log)
+    Trainer(hypers).train(
+        model, torch.float64, [torch.device("cpu")], [train_set], [val_set], str(tmp_path)
+    )
+    return logged
+
+
+def counting_calls(monkeypatch, backend):
+    """Count the batches (their sizes) that go through the compiled function, built
+    with ``backend``."""
     calls = []
     original = CompiledEnergyForces.__call__
 
     def counting(self, systems, targets):
-        calls.append(len(systems))
+        calls.append((len(systems), torch.is_grad_enabled()))
         return original(self, systems, targets)
 
     monkeypatch.setattr(CompiledEnergyForces, "__call__", counting)
-    losses = {}
-    for flag in (False, True):
-        torch.manual_seed(0)
-        defaults = get_default_hypers("experimental.lorem_mta")
-        model = LoremMta({**defaults["model"], **SMALL}, info)
-        hypers = defaults["training"]
-        hypers.update(batch_size=4, num_workers=0, log_interval=1, num_epochs=2, compile=flag)
-        trainer = Trainer(hypers)
-        logged = losses.setdefault(flag, [])
+    monkeypatch.setattr(
+        "lorem_mta.architecture.epoch.CompiledEnergyForces",
+        lambda model: CompiledEnergyForces(model, backend=backend),
+    )
+    return calls
 
-        def log(self, metrics, *args, logged=logged, **kwargs):
-            logged.append(metrics[0]["loss"])
 
-        monkeypatch.setattr("metatrain.utils.logging.MetricLogger.log", log)
-        trainer.train(
-            model, torch.float64, [torch.device("cpu")], [train_set], [val_set], str(tmp_path)
-        )
-    assert calls == [4, 4, 4, 4] * 2  # every training batch went through it
+def test_training_and_validation_batches_go_through_the_function(tmp_path, monkeypatch):
+    """The trainer sends training AND validation batches through the function (the
+    latter with gradients on, the same graph), and logs the losses of eager training;
+    the validation predictions carry no graph."""
+    dataset, info = cumulene_data()
+    train_set = torch.utils.data.Subset(dataset, list(range(8)))
+    val_set = torch.utils.data.Subset(dataset, list(range(8, 11)))
+    eager = train_and_log(info, train_set, val_set, False, tmp_path / "a", monkeypatch)
+    calls = counting_calls(monkeypatch, backend=None)
+    from lorem_mta.architecture import epoch
+
+    predict = epoch.EpochRunner.predict
+    graphs = []
+
+    def checking(self, systems, targets, is_training):
+        predictions = predict(self, systems, targets, is_training)
+        block = predictions[self.compiled.model.target_name].block()
+        graphs.append((is_training, block.values.requires_grad))
+        return predictions
+
+    monkeypatch.setattr(epoch.EpochRunner, "predict", checking)
+    compiled = train_and_log(info, train_set, val_set, True, tmp_path / "b", monkeypatch)
+    # per epoch: two training batches, one validation batch, all with gradients on
+    assert calls == [(4, True), (4, True), (3, True)] * 2
+    assert graphs == [(True, True), (True, True), (False, False)] * 2
+    assert len(compiled) == len(eager) == 3
+    torch.testing.assert_close(compiled, eager, rtol=1e-10, atol=0.0)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)  # a cold compilation takes minutes, more on a loaded machine
+def test_compiled_training_gives_the_losses_of_eager_training(tmp_path, monkeypatch):
+    """Two epochs with inductor: every logged training and validation loss as in eager
+    mode (float64)."""
+    dataset, info = cumulene_data()
+    train_set = torch.utils.data.Subset(dataset, list(range(16)))
+    val_set = torch.utils.data.Subset(dataset, list(range(16, 21)))
+    eager = train_and_log(info, train_set, val_set, False, tmp_path / "a", monkeypatch)
+    calls = counting_calls(monkeypatch, backend="inductor")
+    compiled = train_and_log(info, train_set, val_set, True, tmp_path / "b", monkeypatch)
+    # every training and validation batch went through it
+    assert [size for size, _ in calls] == [4, 4, 4, 4, 4, 1] * 2
     # one logger call per epoch, and one more at the end (the best epoch's errors)
-    assert len(losses[True]) == len(losses[False]) == 3
-    torch.testing.assert_close(losses[True], losses[False], rtol=1e-9, atol=0.0)
+    assert len(compiled) == len(eager) == 3
+    torch.testing.assert_close(compiled, eager, rtol=1e-9, atol=0.0)

@@ -7,6 +7,7 @@
   depends on the speed of the machine.
 """
 
+import copy
 import logging
 import types
 from pathlib import Path
@@ -22,6 +23,11 @@ from lorem_mta.architecture import LoremMta, Trainer
 from lorem_mta.architecture import budget as budget_module
 from lorem_mta.architecture.batching import InProcessCollateFn, PreparedDataset, unpack
 from lorem_mta.architecture.budget import TimeBudget
+from lorem_mta.architecture.optimization import (
+    build_optimizer,
+    implementation,
+    load_optimizer_state,
+)
 from lorem_mta.architecture.trainer import get_scheduler
 
 DATASET = Path(__file__).resolve().parent / "resources" / "metatrain" / "hcno_lj.xyz"
@@ -247,3 +253,50 @@ def test_budget_stops_training_early(data, tmp_path, monkeypatch, caplog):
 def test_no_budget_runs_all_epochs(data, tmp_path):
     _, trainer = train(data, tmp_path, num_epochs=2)
     assert trainer.epoch == 1
+
+
+def _adam_steps(implementation: dict, steps: int = 5, state: dict = None):
+    """``steps`` AdamW steps on a fixed quadratic, from ``state`` if given."""
+    torch.manual_seed(0)
+    parameters = [torch.nn.Parameter(torch.randn(4, 3, dtype=torch.float64))]
+    target = torch.randn(4, 3, dtype=torch.float64)
+    optimizer = torch.optim.AdamW(parameters, lr=1e-2, weight_decay=0.01, **implementation)
+    if state is not None:
+        load_optimizer_state(optimizer, copy.deepcopy(state))  # loading shares tensors
+    for _ in range(steps):
+        optimizer.zero_grad()
+        ((parameters[0] - target) ** 3).abs().sum().backward()
+        optimizer.step()
+    return parameters[0].detach(), optimizer
+
+
+def test_fused_optimizer_is_chosen_on_cpu():
+    hypers = get_default_hypers("experimental.lorem_mta")["training"]
+    model = torch.nn.Linear(3, 2)
+    for name in ("adam", "adamw"):
+        optimizer = build_optimizer(model, {**hypers, "optimizer": name})
+        assert optimizer.param_groups[0]["fused"] is True
+        assert not optimizer.param_groups[0]["foreach"]
+    with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
+        build_optimizer(model, {**hypers, "optimizer": "sgd"})
+    # no fused kernel for these dtypes: the multi-tensor update
+    assert implementation([torch.zeros(2, dtype=torch.bfloat16)]) == {
+        "fused": None,
+        "foreach": True,
+    }
+
+
+def test_fused_and_multi_tensor_updates_agree_and_restart_keeps_fused():
+    fused, _ = _adam_steps(implementation([torch.zeros(1)]))
+    foreach, written = _adam_steps({"foreach": True})
+    assert not torch.equal(fused, torch.zeros_like(fused))
+    torch.testing.assert_close(fused, foreach, rtol=1e-12, atol=1e-14)
+    # a checkpoint written by the multi-tensor update continues with the fused one
+    state = written.state_dict()
+    assert state["param_groups"][0]["foreach"] is True
+    continued, optimizer = _adam_steps({"fused": True}, steps=3, state=state)
+    assert optimizer.param_groups[0]["fused"] is True
+    assert not optimizer.param_groups[0]["foreach"]
+    assert float(optimizer.state[optimizer.param_groups[0]["params"][0]]["step"]) == 8
+    reference, _ = _adam_steps({"foreach": True}, steps=3, state=state)
+    torch.testing.assert_close(continued, reference, rtol=1e-12, atol=1e-14)

@@ -40,6 +40,7 @@ from metatomic.torch import System
 
 from ..model import FlatSystems
 from ..modules.backbone import BatchTopology
+from ..modules.layers import structure_index
 
 
 def _energies_and_gradients(
@@ -121,6 +122,7 @@ class CompiledEnergyForces:
                 _energies_and_gradients, backend=backend, dynamic=True, fullgraph=True
             )
         self._told: set = set()
+        self._state: Optional[Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]] = None
 
     def unsupported(self, systems: List[System], targets: Dict) -> Optional[str]:
         """Why this batch runs in eager mode, or ``None`` if it runs compiled.
@@ -161,10 +163,9 @@ class CompiledEnergyForces:
             flat.types, flat.centers, flat.neighbors, flat.atom_ptr, flat.periodic
         )
         positions = flat.positions.detach()
-        shifts = _pair_shifts(systems, lorem, flat.cells)
+        shifts = _pair_shifts(systems, lorem, flat)
         baseline = lorem.atomic_baseline.to(positions.dtype)[flat.types]
-        parameters = dict(self.backbone.named_parameters())
-        buffers = dict(self.backbone.named_buffers())
+        parameters, buffers = self._parameters_and_buffers()
         try:
             energies, gradients = self.function(
                 self.backbone,
@@ -192,6 +193,23 @@ class CompiledEnergyForces:
         with_forces = "positions" in targets[name].gradients
         return {name: _energy_map(energies, gradients if with_forces else None, flat)}
 
+    def _parameters_and_buffers(
+        self,
+    ) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+        """The backbone's parameters and buffers by name, collected at the first call.
+
+        The trainer's optimizer holds the same tensors for the whole run; walking the
+        modules at every batch would cost about a millisecond.
+
+        :return: parameters and buffers, by name
+        """
+        if self._state is None:
+            self._state = (
+                dict(self.backbone.named_parameters()),
+                dict(self.backbone.named_buffers()),
+            )
+        return self._state
+
     def tell_once(self, reason: str) -> None:
         """Log once per reason that batches run in eager mode.
 
@@ -203,23 +221,25 @@ class CompiledEnergyForces:
 
 
 def _pair_shifts(
-    systems: List[System], lorem: torch.nn.Module, cells: torch.Tensor
+    systems: List[System], lorem: torch.nn.Module, flat: FlatSystems
 ) -> torch.Tensor:
     """``S h`` of every pair: the cell shifts of the neighbour lists times the cells.
 
     :param systems: the batch
     :param lorem: the :py:class:`~lorem_mta.model.LoremModel` (its neighbour options)
-    :param cells: ``(n_structures, 3, 3)``
-    :return: ``(n_pairs, 3)``
+    :param flat: the flattened batch (its cells, pair offsets and periodicity)
+    :return: ``(n_pairs, 3)``, zero in molecules
     """
-    shifts = []
-    for k, system in enumerate(systems):
-        samples = system.get_neighbor_list(lorem.neighbor_options).samples.values
-        cell_shifts = samples[:, 2:5].to(cells.dtype)
-        shifts.append(cell_shifts @ cells[k].detach())
-    if len(shifts) == 0:
-        return cells.new_zeros((0, 3))
-    return torch.cat(shifts)
+    cells = flat.cells.detach()
+    n_pairs = flat.pair_ptr[-1]
+    if not any(flat.periodic):
+        # molecules: no neighbour is an image (an exact zero, as in S h with S = 0)
+        return cells.new_zeros((n_pairs, 3))
+    cell_shifts = torch.cat(
+        [system.get_neighbor_list(lorem.neighbor_options).samples.values for system in systems]
+    )[:, 2:5].to(cells.dtype)
+    pair_structure = structure_index(flat.pair_ptr, n_pairs, cells.device)
+    return torch.bmm(cell_shifts.unsqueeze(1), cells[pair_structure]).squeeze(1)
 
 
 def _energy_map(

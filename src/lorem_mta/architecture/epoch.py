@@ -11,8 +11,11 @@ epoch.
 import logging
 from typing import Any, Dict, List, Optional, Tuple
 
+import metatensor.torch
 import torch
 import torch.distributed
+from metatensor.torch import TensorMap
+from metatomic.torch import System
 from metatrain.utils.evaluate_model import evaluate_model
 from metatrain.utils.metrics import MAEAccumulator, RMSEAccumulator
 from metatrain.utils.per_atom import average_by_num_atoms
@@ -193,17 +196,7 @@ class EpochRunner:
             systems, targets, extra_data, dtype=self.dtype, device=self.placement.device
         )
         batch_targets = {key: self.targets[key] for key in targets}
-        reason = None if is_training else "validation"
-        if self.compiled is not None and reason is None:
-            reason = self.compiled.unsupported(systems, batch_targets)
-        if self.compiled is not None and reason is None:
-            predictions = self.compiled(systems, batch_targets)
-        else:
-            if self.compiled is not None and reason != "validation":
-                self.compiled.tell_once(reason)
-            predictions = evaluate_model(
-                self.model, systems, batch_targets, is_training=is_training
-            )
+        predictions = self.predict(systems, batch_targets, is_training)
         predictions = average_by_num_atoms(predictions, systems, self.per_structure_targets)
         targets = average_by_num_atoms(targets, systems, self.per_structure_targets)
         # per-property scales (multi-property targets only) before the loss; the
@@ -217,6 +210,34 @@ class EpochRunner:
                 use_per_property_scales=True,
             )
         return systems, predictions, targets, extra_data
+
+    def predict(
+        self, systems: List[System], targets: Dict[str, Any], is_training: bool
+    ) -> Dict[str, TensorMap]:
+        """The model's predictions of a batch, compiled when possible.
+
+        With ``compile: true``, batches that the compiled function supports go through
+        it, the others through metatrain's ``evaluate_model``.
+
+        Validation batches go through the same compiled function as training batches
+        (with gradients enabled, so that it is not compiled a second time) and their
+        predictions are detached.
+
+        :param systems: the batch, on the training device
+        :param targets: the target infos of the batch, by name
+        :param is_training: a training batch (gradients kept for the loss)
+        :return: the predictions, by target name
+        """
+        reason = None if self.compiled is None else self.compiled.unsupported(systems, targets)
+        if self.compiled is None or reason is not None:
+            if reason is not None:
+                self.compiled.tell_once(reason)
+            return evaluate_model(self.model, systems, targets, is_training=is_training)
+        if is_training:
+            return self.compiled(systems, targets)
+        with torch.enable_grad():
+            predictions = self.compiled(systems, targets)
+        return {name: metatensor.torch.detach(values) for name, values in predictions.items()}
 
     def new_accumulators(self) -> List[Any]:
         """Fresh error accumulators: RMSE, and MAE when it is used.

@@ -1,7 +1,7 @@
 """Optimizer and learning-rate schedule of a LOREM training run.
 
-* :py:func:`build_optimizer`: Adam or AdamW with weight decay, with torch's
-  multi-tensor update;
+* :py:func:`build_optimizer`: Adam or AdamW with weight decay, with torch's fused
+  update (its multi-tensor update where there is no fused kernel);
 * :py:func:`get_scheduler`: the paper's ``linear_decay`` (constant, then linear decay to
   ``final_learning_rate``), ``cosine`` (with warm-up) and ``constant``, stepped after
   every optimizer step. The epochs it spans can follow a time budget
@@ -9,7 +9,7 @@
 """
 
 import math
-from typing import Callable, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -20,20 +20,62 @@ from ..documentation import TrainerHypers
 def build_optimizer(model: torch.nn.Module, hypers: TrainerHypers) -> torch.optim.Optimizer:
     """Adam or AdamW over the trainable parameters of ``model``.
 
+    The update runs in torch's fused kernel (one loop in C++ over all parameters) where
+    torch has one for the parameters' device and dtype, else in the multi-tensor
+    ("foreach") implementation; both do Adam's arithmetic, they differ by float
+    round-off.
+
     :param model: the model (or its distributed wrapper)
     :param hypers: trainer hyperparameters (``optimizer``, ``learning_rate``,
         ``weight_decay``)
     :return: the optimizer
     """
     parameters = [p for p in model.parameters() if p.requires_grad]
-    # the multi-tensor ("foreach") update, which torch only picks by itself on GPUs: the
-    # same arithmetic, without a Python loop over the parameters
-    options = {"lr": hypers["learning_rate"], "weight_decay": hypers["weight_decay"]}
+    options = {
+        "lr": hypers["learning_rate"],
+        "weight_decay": hypers["weight_decay"],
+        **implementation(parameters),
+    }
     if hypers["optimizer"] == "adamw":
-        return torch.optim.AdamW(parameters, foreach=True, **options)
+        return torch.optim.AdamW(parameters, **options)
     if hypers["optimizer"] == "adam":
-        return torch.optim.Adam(parameters, foreach=True, **options)
+        return torch.optim.Adam(parameters, **options)
     raise ValueError(f"unknown optimizer '{hypers['optimizer']}'")
+
+
+#: devices on which torch has a fused Adam kernel
+FUSED_DEVICES = ("cpu", "cuda")
+
+
+def implementation(parameters: List[torch.Tensor]) -> Dict[str, Optional[bool]]:
+    """Fused Adam where torch has it for these parameters, else the multi-tensor update.
+
+    torch picks neither by itself on CPUs (it loops over the parameters in Python).
+
+    :param parameters: the trainable parameters
+    :return: the ``fused`` and ``foreach`` options of the optimizer
+    """
+    fused = all(
+        p.device.type in FUSED_DEVICES and p.dtype in (torch.float32, torch.float64)
+        for p in parameters
+    )
+    return {"fused": True, "foreach": None} if fused else {"fused": None, "foreach": True}
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Dict[str, Any]) -> None:
+    """Restore an optimizer's state and keep this run's implementation.
+
+    The state of a checkpoint holds the ``fused``/``foreach`` options of the run that
+    wrote it (an older version, or another device); the moments and steps are the same
+    in all of them, so the choice of :py:func:`implementation` is kept.
+
+    :param optimizer: the optimizer of this run
+    :param state: its state dict, from a checkpoint
+    """
+    chosen = [{"fused": g["fused"], "foreach": g["foreach"]} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, options in zip(optimizer.param_groups, chosen, strict=True):
+        group.update(options)
 
 
 def get_scheduler(

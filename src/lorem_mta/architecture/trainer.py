@@ -59,7 +59,7 @@ from .distributed import Placement, place, same_on_all_ranks
 from .epoch import EpochRunner
 from .loaders import build_dataloaders, fit_baseline
 from .model import LoremMta
-from .optimization import build_optimizer, get_scheduler
+from .optimization import build_optimizer, get_scheduler, load_optimizer_state
 from .progress import ProgressLog, progress_line
 
 __all__ = ["Trainer", "get_scheduler", "progress_line"]
@@ -217,7 +217,7 @@ class Trainer(TrainerInterface[TrainerHypers]):
         if restart:
             # restart: continue the optimizer and the schedule where they stopped
             if self.optimizer_state_dict is not None:
-                optimizer.load_state_dict(self.optimizer_state_dict)
+                load_optimizer_state(optimizer, self.optimizer_state_dict)
             if self.scheduler_state_dict is not None:
                 lr_scheduler.load_state_dict(self.scheduler_state_dict)
         logging.info(f"Initial learning rate: {optimizer.param_groups[0]['lr']}")
