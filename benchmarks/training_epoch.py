@@ -6,6 +6,9 @@ Runs :py:class:`lorem_mta.architecture.Trainer` (the code behind ``mtt train``) 
   validation frames split with ``np.random.default_rng(0).permutation(800)``;
 * ``nacl64``: rattled 64-atom rock-salt NaCl cells (periodic), 64 training / 16
   validation cells with random energies and forces;
+* ``biodimers``: charge-charge biodimers of the shared data in their periodic 30 A
+  box, 80 training / 8 validation frames split with
+  ``np.random.default_rng(0).permutation``;
 
 with batches of 8, float32 and one thread, for the ``small`` model (cutoff 5,
 ``max_degree`` 2, ``max_degree_lr`` 2, 32 features, 4 spherical features, 8 radial
@@ -88,6 +91,11 @@ def frames(case: str, n_train: int = 0) -> dict:
             forces = rng.normal(scale=0.5, size=(len(atoms), 3))
             cells.append(labelled(atoms, -3.0 * len(atoms) + rng.normal(), forces))
         train, val = cells[:64], cells[64:]
+    elif case == "biodimers":
+        dimers = ase.io.read(DATA / "biodimers_cc_cookbook" / "charge-charge.xyz", ":")
+        order = np.random.default_rng(0).permutation(len(dimers))
+        train = [dimers[i] for i in order[:80]]
+        val = [dimers[i] for i in order[80:88]]
     else:
         raise ValueError(f"unknown case {case}")
     if n_train > 0:
@@ -402,7 +410,7 @@ def compare(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--case", default="cumulene", choices=["cumulene", "nacl64"])
+    parser.add_argument("--case", default="cumulene", choices=["cumulene", "nacl64", "biodimers"])
     parser.add_argument("--model", default="small", choices=list(MODELS))
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per run")
     parser.add_argument("--repeats", type=int, default=3)
