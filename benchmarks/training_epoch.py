@@ -373,6 +373,9 @@ def compare(args: argparse.Namespace) -> None:
         compiled = json.dumps({**json.loads(args.training), "compile": True})
         compiled_command = command + ["--training", compiled]
         variants.append(("compiled", compiled_command, {**os.environ, "PYTHONPATH": current}))
+        if args.baseline_src is not None:
+            environment = {**os.environ, "PYTHONPATH": str(args.baseline_src)}
+            variants.append(("baseline compiled", compiled_command, environment))
     times: dict = {name: [] for name, _, _ in variants}
     with tempfile.TemporaryDirectory() as tmp:
         if args.jax:
@@ -410,7 +413,9 @@ def compare(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--case", default="cumulene", choices=["cumulene", "nacl64", "biodimers"])
+    parser.add_argument(
+        "--case", default="cumulene", choices=["cumulene", "nacl64", "biodimers"]
+    )
     parser.add_argument("--model", default="small", choices=list(MODELS))
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per run")
     parser.add_argument("--repeats", type=int, default=3)
@@ -431,8 +436,9 @@ def main() -> None:
     parser.add_argument(
         "--with-compiled",
         action="store_true",
-        help="also time the current code with `compile: true` (its first epoch, which "
-        "compiles, is not timed; see first_epoch_cpu_s)",
+        help="also time the current code (and the baseline, with --baseline-src) with "
+        "`compile: true` (its first epoch, which compiles, is not timed; see "
+        "first_epoch_cpu_s)",
     )
     args = parser.parse_args()
     if args.baseline_src is not None or args.jax or args.with_compiled:
