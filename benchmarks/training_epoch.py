@@ -360,6 +360,7 @@ def jax_env() -> dict:
 def compare(args: argparse.Namespace) -> None:
     """Interleaved subprocess runs of the baseline, the current code and lorem-jax."""
     command = [sys.executable, __file__, "--case", args.case, "--model", args.model]
+    command += ["--model-hypers", args.model_hypers]
     command += ["--epochs", str(args.epochs), "--repeats", "1", "--n-train", str(args.n_train)]
     current = str(Path(__file__).resolve().parents[1] / "src")
     variants = []
@@ -393,6 +394,7 @@ def compare(args: argparse.Namespace) -> None:
     record = {
         "case": args.case,
         "model": args.model,
+        "model_hypers": json.loads(args.model_hypers),
         "n_train": len(frames(args.case, args.n_train)["train"]),
         "epochs_per_run": args.epochs,
         "repeats": args.repeats,
@@ -423,6 +425,12 @@ def main() -> None:
     parser.add_argument(
         "--training", default="{}", help="JSON of trainer options of the timed runs"
     )
+    parser.add_argument(
+        "--model-hypers",
+        default="{}",
+        help="JSON of lorem_mta model hyperparameters added to --model's (not given to "
+        'lorem-jax), e.g. \'{"long_range_method": "ewald"}\' for lorem-jax\'s Ewald sum',
+    )
     parser.add_argument("--profile", type=Path, help="write a cProfile summary here")
     parser.add_argument("--ops", type=Path, help="write a torch.profiler operator table")
     parser.add_argument("--json", type=Path, help="append the timings to this file")
@@ -450,7 +458,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         case_data = datasets(args.case, Path(tmp), args.n_train)
-        model_hypers = MODELS[args.model]
+        model_hypers = {**MODELS[args.model], **json.loads(args.model_hypers)}
         if args.profile is not None:
             profile_run(case_data, model_hypers, training, args.profile)
             return
@@ -467,6 +475,7 @@ def main() -> None:
     record = {
         "case": args.case,
         "model": args.model,
+        "model_hypers": json.loads(args.model_hypers),
         "training": training,
         "n_train": len(case_data[0]),
         "n_val": len(case_data[1]),

@@ -438,16 +438,15 @@ class TrainerHypers(TypedDict):
     never cached."""
 
     compile: bool = False
-    """Run the training batches through one function compiled with ``torch.compile``
-    (:py:mod:`lorem_mta.architecture.compiled`): energies and forces and their
-    parameter gradients without the dispatch cost of thousands of small operators per
-    step, which dominates small models on small structures (3-4x faster steps for a
-    small model on 13-atom molecules). Same numbers up to float round-off. The first
-    batches compile (minutes on a small CPU, seconds when torch's on-disk cache has the
-    kernels from an earlier run); batches the compiled function does not support
-    (periodic structures with the long-range block, stress or virial targets, Born
-    effective charges, other targets) and the validation run in eager mode, and the log
-    says so."""
+    """Run the training and validation batches through one function compiled with
+    ``torch.compile`` (:py:mod:`lorem_mta.architecture.compiled`): energies and forces
+    and their parameter gradients without the dispatch cost of thousands of small
+    operators per step, which dominates small models on small structures (3-4x faster
+    steps for a small model on 13-atom molecules). Same numbers up to float round-off.
+    The first batches compile (minutes on a small CPU, seconds when torch's on-disk
+    cache has the kernels from an earlier run); batches the compiled function does not
+    support (periodic structures with the long-range block, stress or virial targets,
+    Born effective charges, other targets) run in eager mode, and the log says so."""
 
     log_mae: bool = False
     """Log mean absolute errors alongside root mean squared errors."""
