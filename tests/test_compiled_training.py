@@ -226,29 +226,33 @@ def counting_calls(monkeypatch, backend):
 
 def test_training_and_validation_batches_go_through_the_function(tmp_path, monkeypatch):
     """The trainer sends training AND validation batches through the function (the
-    latter with gradients on, the same graph), and logs the losses of eager training;
-    the validation predictions carry no graph."""
+    latter with gradients on, the same graph, and detached predictions) and logs the
+    losses of eager training; a validation batch with a number of structures that no
+    training batch had (which would need another compilation) runs in eager mode."""
     dataset, info = cumulene_data()
     train_set = torch.utils.data.Subset(dataset, list(range(8)))
-    val_set = torch.utils.data.Subset(dataset, list(range(8, 11)))
+    val_set = torch.utils.data.Subset(dataset, list(range(8, 13)))
     eager = train_and_log(info, train_set, val_set, False, tmp_path / "a", monkeypatch)
     calls = counting_calls(monkeypatch, backend=None)
     from lorem_mta.architecture import epoch
 
     predict = epoch.EpochRunner.predict
-    graphs = []
+    batches = []
 
     def checking(self, systems, targets, is_training):
         predictions = predict(self, systems, targets, is_training)
         block = predictions[self.compiled.model.target_name].block()
-        graphs.append((is_training, block.values.requires_grad))
+        batches.append((is_training, len(systems), block.values.requires_grad))
         return predictions
 
     monkeypatch.setattr(epoch.EpochRunner, "predict", checking)
     compiled = train_and_log(info, train_set, val_set, True, tmp_path / "b", monkeypatch)
-    # per epoch: two training batches, one validation batch, all with gradients on
-    assert calls == [(4, True), (4, True), (3, True)] * 2
-    assert graphs == [(True, True), (True, True), (False, False)] * 2
+    # per epoch: two training batches and the first validation batch (4 structures
+    # each) through the function, with gradients on; the last validation batch (1
+    # structure) in eager mode
+    assert calls == [(4, True), (4, True), (4, True)] * 2
+    assert [b[:2] for b in batches] == [(True, 4), (True, 4), (False, 4), (False, 1)] * 2
+    assert [b[2] for b in batches[:3]] == [True, True, False]  # validation: detached
     assert len(compiled) == len(eager) == 3
     torch.testing.assert_close(compiled, eager, rtol=1e-10, atol=0.0)
 
@@ -264,8 +268,9 @@ def test_compiled_training_gives_the_losses_of_eager_training(tmp_path, monkeypa
     eager = train_and_log(info, train_set, val_set, False, tmp_path / "a", monkeypatch)
     calls = counting_calls(monkeypatch, backend="inductor")
     compiled = train_and_log(info, train_set, val_set, True, tmp_path / "b", monkeypatch)
-    # every training and validation batch went through it
-    assert [size for size, _ in calls] == [4, 4, 4, 4, 4, 1] * 2
+    # every training batch and the validation batch of 4 went through it (the
+    # validation batch of 1 structure runs in eager mode: no second compilation)
+    assert [size for size, _ in calls] == [4, 4, 4, 4, 4] * 2
     # one logger call per epoch, and one more at the end (the best epoch's errors)
     assert len(compiled) == len(eager) == 3
     torch.testing.assert_close(compiled, eager, rtol=1e-9, atol=0.0)

@@ -9,7 +9,7 @@ epoch.
 """
 
 import logging
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import metatensor.torch
 import torch
@@ -68,6 +68,10 @@ class EpochRunner:
         self.unit_scales = _unit_scales(self.scaler, list(self.targets))
         self.use_mae = hypers["log_mae"] or hypers["best_model_metric"] == "mae_prod"
         self.compiled: Optional[CompiledEnergyForces] = None
+        # numbers of structures of the training batches that went through the compiled
+        # function (it is compiled again for every new one: the batch's lists of atom
+        # and pair offsets have one entry per structure)
+        self.compiled_sizes: Set[int] = set()
         if hypers["compile"] and placement.is_distributed:
             logging.warning(
                 "compile: not used in distributed training (the compiled function "
@@ -216,12 +220,12 @@ class EpochRunner:
     ) -> Dict[str, TensorMap]:
         """The model's predictions of a batch, compiled when possible.
 
-        With ``compile: true``, batches that the compiled function supports go through
-        it, the others through metatrain's ``evaluate_model``.
-
-        Validation batches go through the same compiled function as training batches
-        (with gradients enabled, so that it is not compiled a second time) and their
-        predictions are detached.
+        With ``compile: true``, training batches that the compiled function supports go
+        through it, the others through metatrain's ``evaluate_model``. Validation
+        batches go through it too (with gradients on, so that the training graph serves
+        them, and their predictions detached) when a training batch had as many
+        structures: a batch of another size (the last, smaller, validation batch) would
+        cost a compilation for one batch per epoch, and runs in eager mode.
 
         :param systems: the batch, on the training device
         :param targets: the target infos of the batch, by name
@@ -229,12 +233,15 @@ class EpochRunner:
         :return: the predictions, by target name
         """
         reason = None if self.compiled is None else self.compiled.unsupported(systems, targets)
+        if reason is not None:
+            self.compiled.tell_once(reason)
         if self.compiled is None or reason is not None:
-            if reason is not None:
-                self.compiled.tell_once(reason)
             return evaluate_model(self.model, systems, targets, is_training=is_training)
         if is_training:
+            self.compiled_sizes.add(len(systems))
             return self.compiled(systems, targets)
+        if len(systems) not in self.compiled_sizes:
+            return evaluate_model(self.model, systems, targets, is_training=False)
         with torch.enable_grad():
             predictions = self.compiled(systems, targets)
         return {name: metatensor.torch.detach(values) for name, values in predictions.items()}
