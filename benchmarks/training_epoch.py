@@ -203,8 +203,17 @@ CATEGORIES = [
     # (label, "path/suffix.py:function" of profile entries, whose cumulative times add up);
     # the categories overlap (e.g. the model's forward is part of evaluate_model)
     (
-        "training loop, one batch (run_batch: unpack, evaluate, per-atom, scale)",
-        ["trainer.py:run_batch"],
+        "training step (evaluate, loss, backward, optimizer; training batches)",
+        ["architecture/epoch.py:step"],
+    ),
+    ("validation (evaluate, loss; validation batches)", ["architecture/epoch.py:validate"]),
+    (
+        "evaluate a batch (unpack, predict, per-atom averages)",
+        ["architecture/epoch.py:evaluate"],
+    ),
+    (
+        "  compile: true, the compiled function (with the batch preparation)",
+        ["architecture/compiled.py:__call__"],
     ),
     (
         "  evaluate_model (prepare systems, forward, forces)",
