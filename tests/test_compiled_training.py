@@ -147,6 +147,25 @@ def test_function_traces_as_one_graph():
     compare(model, batch(model, frames[4:]), compiled)  # another batch size
 
 
+def test_too_many_compiled_variants_fall_back_to_eager(monkeypatch, caplog):
+    """Past torch's recompile limit (here 1: a batch with another number of structures
+    needs a second graph) the batch is left to eager mode, logged once, instead of
+    stopping the training with dynamo's error."""
+    _, info = cumulene_data()
+    model = metatrain_model(info, seed=1, num_features=4, num_radial=2)
+    frames = ase.io.read(CUMULENES, ":5")
+    compiled = CompiledEnergyForces(model, backend="aot_eager")
+    targets = {model.target_name: info.targets[model.target_name]}
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    assert compiled(batch(model, frames[:2]), targets) is not None
+    with caplog.at_level(logging.INFO):
+        assert compiled(batch(model, frames[2:5]), targets) is None
+        assert compiled(batch(model, frames[2:5]), targets) is None
+    assert caplog.text.count("more compiled variants than torch allows") == 1
+    torch._dynamo.reset()
+
+
 def test_unsupported_batches_are_named(caplog):
     dataset, info = cumulene_data()
     model = metatrain_model(info)

@@ -145,12 +145,19 @@ class CompiledEnergyForces:
             return "periodic structures with the long-range block"
         return None
 
-    def __call__(self, systems: List[System], targets: Dict) -> Dict[str, TensorMap]:
+    def __call__(self, systems: List[System], targets: Dict) -> Optional[Dict[str, TensorMap]]:
         """Energy (and forces, if the target has them) of a batch.
+
+        The function is compiled again (and kept) for batches with another number of
+        structures, or other species, or a species pair that is absent or occurs once
+        (torch specialises sizes 0 and 1): one graph when every batch has the same
+        structures count and all the species.
 
         :param systems: the batch, with neighbour lists
         :param targets: the target infos of the batch, by name
-        :return: ``{target name: energy TensorMap}``
+        :return: ``{target name: energy TensorMap}``, or ``None`` when the batch would
+            need more compiled variants than torch allows (``torch._dynamo.config.
+            recompile_limit``; logged once): evaluate it in eager mode
         """
         lorem = self.lorem
         lorem._check_dtypes(systems)
@@ -185,6 +192,12 @@ class CompiledEnergyForces:
                 topology,
                 baseline,
             )
+        except torch._dynamo.exc.FailOnRecompileLimitHit:
+            self.tell_once(
+                "shapes that would need more compiled variants than torch allows "
+                f"(recompile_limit {torch._dynamo.config.recompile_limit})"
+            )
+            return None
         except torch._dynamo.exc.TorchDynamoException as error:
             raise RuntimeError(
                 "compile: torch.compile could not compile the training step of this "

@@ -238,13 +238,17 @@ class EpochRunner:
         if self.compiled is None or reason is not None:
             return evaluate_model(self.model, systems, targets, is_training=is_training)
         if is_training:
-            self.compiled_sizes.add(len(systems))
-            return self.compiled(systems, targets)
-        if len(systems) not in self.compiled_sizes:
-            return evaluate_model(self.model, systems, targets, is_training=False)
-        with torch.enable_grad():
             predictions = self.compiled(systems, targets)
-        return {name: metatensor.torch.detach(values) for name, values in predictions.items()}
+            if predictions is None:  # too many compiled variants
+                return evaluate_model(self.model, systems, targets, is_training=True)
+            self.compiled_sizes.add(len(systems))
+            return predictions
+        if len(systems) in self.compiled_sizes:
+            with torch.enable_grad():
+                predictions = self.compiled(systems, targets)
+            if predictions is not None:
+                return {name: metatensor.torch.detach(v) for name, v in predictions.items()}
+        return evaluate_model(self.model, systems, targets, is_training=False)
 
     def new_accumulators(self) -> List[Any]:
         """Fresh error accumulators: RMSE, and MAE when it is used.
