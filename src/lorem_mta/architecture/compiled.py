@@ -27,9 +27,10 @@ model up to float round-off (``tests/test_compiled_training.py``).
 Supported: the energy target with or without forces (no stress or virial), molecules
 (``pbc=False``) with any model, periodic structures only without the long-range block
 (``lr: false``); models without Born effective charges. Other batches run in eager mode,
-and the log says why once. Validation batches go through the same function (with
-gradients on, so that the training graph serves them). The first batches pay the
-compilation (minutes on a small CPU; cached on disk by torch between runs).
+and the log says why once. Validation batches with as many structures as the training
+batches go through the same function (with gradients on, so that the training graph
+serves them). The first batches pay the compilation (minutes on a small CPU; cached on
+disk by torch between runs).
 """
 
 import logging
