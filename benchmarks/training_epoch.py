@@ -18,7 +18,8 @@ between the ends of consecutive epochs of a run of ``1 + epochs`` epochs (the fi
 warms up); with ``--baseline-src`` the runs of the two versions are interleaved.
 
 ``--profile`` writes a cProfile of two epochs (after one warm-up epoch) and a summary
-of where the time goes by category.
+of where the time goes by category; ``--phases`` the CPU time of the phases of a step
+(model, backward, data loader, loss, metrics, Adam, ...) measured without a profiler.
 
 Usage::
 
@@ -294,6 +295,95 @@ def profile_run(case_data: tuple, model_hypers: dict, training: dict, output: Pa
     print(output.read_text()[:3000])
 
 
+#: (owner, attribute, label) of the functions that ``--phases`` times
+PHASES = [
+    ("lorem_mta.architecture.epoch:EpochRunner", "predict", "predict (model or compiled call)"),
+    ("torch:Tensor", "backward", "backward (parameter gradients)"),
+    ("torch.utils.data.dataloader:_BaseDataLoaderIter", "__next__", "data loader"),
+    ("metatrain.utils.loss:LossAggregator", "__call__", "loss"),
+    ("lorem_mta.architecture.epoch:EpochRunner", "accumulate", "metric accumulators"),
+    ("lorem_mta.architecture.epoch", "average_by_num_atoms", "per-atom averages"),
+    ("lorem_mta.architecture.epoch", "batch_to", "batch_to (dtype, device)"),
+    ("torch.optim:Adam", "step", "Adam step"),
+    ("torch.optim.lr_scheduler:LambdaLR", "step", "schedule step"),
+]
+
+
+def phase_times(
+    case_data: tuple, model_hypers: dict, training: dict, output: Path, epochs: int = 3
+) -> None:
+    """CPU time of the phases of training and validation steps, without a profiler:
+    the functions of :data:`PHASES` are wrapped by timers during epochs 2 to
+    ``1 + epochs`` (the first one warms up and compiles)."""
+    import importlib
+
+    from metatrain.utils import logging as mtt_logging
+
+    from lorem_mta.architecture import epoch as epoch_module
+
+    times: dict = {}
+    state = {"on": False, "stage": "training"}
+    originals = []
+
+    def timed(function, label):
+        def wrapper(*args, **kwargs):
+            if not state["on"]:
+                return function(*args, **kwargs)
+            start = time.process_time()
+            result = function(*args, **kwargs)
+            key = (state["stage"], label)
+            times[key] = times.get(key, 0.0) + time.process_time() - start
+            return result
+
+        return wrapper
+
+    def patch(owner, name, replacement):
+        originals.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, replacement)
+
+    for path, name, label in PHASES:
+        module_name, _, class_name = path.partition(":")
+        owner = importlib.import_module(module_name)
+        if class_name:
+            owner = getattr(owner, class_name)
+        patch(owner, name, timed(getattr(owner, name), label))
+    for stage in ("train", "validate"):
+        function = getattr(epoch_module.EpochRunner, stage)
+
+        def staged(*args, function=function, stage=stage, **kwargs):
+            state["stage"] = "training" if stage == "train" else "validation"
+            return timed(function, "whole epoch part")(*args, **kwargs)
+
+        patch(epoch_module.EpochRunner, stage, staged)
+    calls = {"log": 0}
+    log = mtt_logging.MetricLogger.log
+
+    def log_and_switch(self, *args, **kwargs):
+        calls["log"] += 1
+        state["on"] = calls["log"] <= epochs  # off after the last epoch
+        return log(self, *args, **kwargs)
+
+    patch(mtt_logging.MetricLogger, "log", log_and_switch)
+    try:
+        train(case_data, model_hypers, 1 + epochs, training)
+    finally:
+        for owner, name, original in reversed(originals):
+            setattr(owner, name, original)
+    steps = len(case_data[0]) // BATCH
+    lines = [
+        f"CPU time by phase, epochs 2-{1 + epochs} (no profiler; phases nest inside "
+        "'whole epoch part')",
+        f"{'stage':<11} {'phase':<34} {'s/epoch':>8} {'ms per training step':>21}",
+    ]
+    for (stage, label), value in sorted(times.items(), key=lambda item: -item[1]):
+        per_epoch = value / epochs
+        lines.append(
+            f"{stage:<11} {label:<34} {per_epoch:8.3f} {1e3 * per_epoch / steps:21.2f}"
+        )
+    output.write_text("\n".join(lines) + "\n")
+    print(output.read_text())
+
+
 def operator_profile(
     case_data: tuple, model_hypers: dict, training: dict, output: Path
 ) -> None:
@@ -441,6 +531,9 @@ def main() -> None:
         'lorem-jax), e.g. \'{"long_range_method": "ewald"}\' for lorem-jax\'s Ewald sum',
     )
     parser.add_argument("--profile", type=Path, help="write a cProfile summary here")
+    parser.add_argument(
+        "--phases", type=Path, help="write the CPU time of every training phase here"
+    )
     parser.add_argument("--ops", type=Path, help="write a torch.profiler operator table")
     parser.add_argument("--json", type=Path, help="append the timings to this file")
     parser.add_argument(
@@ -470,6 +563,9 @@ def main() -> None:
         model_hypers = {**MODELS[args.model], **json.loads(args.model_hypers)}
         if args.profile is not None:
             profile_run(case_data, model_hypers, training, args.profile)
+            return
+        if args.phases is not None:
+            phase_times(case_data, model_hypers, training, args.phases)
             return
         if args.ops is not None:
             operator_profile(case_data, model_hypers, training, args.ops)
