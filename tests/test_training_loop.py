@@ -300,3 +300,32 @@ def test_fused_and_multi_tensor_updates_agree_and_restart_keeps_fused():
     assert float(optimizer.state[optimizer.param_groups[0]["params"][0]]["step"]) == 8
     reference, _ = _adam_steps({"foreach": True}, steps=3, state=state)
     torch.testing.assert_close(continued, reference, rtol=1e-12, atol=1e-14)
+
+
+def test_batches_already_in_training_form_skip_the_conversion():
+    from metatensor.torch import Labels, TensorBlock, TensorMap
+    from metatomic.torch import System
+
+    from lorem_mta.architecture.epoch import _is_on
+
+    def tensor_map(dtype):
+        values = torch.zeros(2, 1, dtype=dtype)
+        block = TensorBlock(values, Labels.range("system", 2), [], Labels.range("p", 1))
+        return TensorMap(Labels.range("_", 1), [block])
+
+    def system(dtype):
+        return System(
+            types=torch.tensor([1, 8]),
+            positions=torch.zeros(2, 3, dtype=dtype),
+            cell=torch.zeros(3, 3, dtype=dtype),
+            pbc=torch.tensor([False, False, False]),
+        )
+
+    cpu, f64 = torch.device("cpu"), torch.float64
+    systems, targets = [system(f64)] * 2, {"energy": tensor_map(f64)}
+    assert _is_on(systems, targets, {"energy_mask": tensor_map(torch.bool)}, f64, cpu)
+    assert _is_on(systems, targets, None, f64, cpu)
+    assert not _is_on(systems, targets, {}, torch.float32, cpu)
+    assert not _is_on([system(torch.float32)], targets, {}, f64, cpu)
+    assert not _is_on(systems, {"energy": tensor_map(torch.float32)}, {}, f64, cpu)
+    assert not _is_on(systems, targets, {"energy_mask": tensor_map(f64)}, f64, cpu)
