@@ -233,10 +233,11 @@ class EpochRunner:
         :param is_training: a training batch (gradients kept for the loss)
         :return: the predictions, by target name
         """
-        reason = None if self.compiled is None else self.compiled.unsupported(systems, targets)
+        if self.compiled is None:
+            return evaluate_model(self.model, systems, targets, is_training=is_training)
+        reason = self.compiled.unsupported(systems, targets)
         if reason is not None:
             self.compiled.tell_once(reason)
-        if self.compiled is None or reason is not None:
             return evaluate_model(self.model, systems, targets, is_training=is_training)
         if is_training:
             predictions = self.compiled(systems, targets)
