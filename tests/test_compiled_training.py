@@ -70,7 +70,9 @@ def loss_of(predictions: dict, name: str) -> torch.Tensor:
     return (block.values**2).sum() + (block.gradient("positions").values ** 2).sum()
 
 
-def compare(model: LoremMta, systems: list, compiled: CompiledEnergyForces) -> None:
+def compare(
+    model: LoremMta, systems: list, compiled: CompiledEnergyForces, kept: bool = False
+) -> None:
     """Same energies, gradients, metadata and parameter gradients as evaluate_model."""
     name = model.target_name
     targets = {name: model.dataset_info.targets[name]}
@@ -78,7 +80,7 @@ def compare(model: LoremMta, systems: list, compiled: CompiledEnergyForces) -> N
 
     expected = evaluate_model(model, systems, targets, is_training=True)
     expected_grads = torch.autograd.grad(loss_of(expected, name), parameters, allow_unused=True)
-    found = compiled(systems, targets)
+    found = compiled(systems, targets, kept)
     found_grads = torch.autograd.grad(loss_of(found, name), parameters, allow_unused=True)
 
     block, reference = found[name].block(), expected[name].block()
@@ -134,6 +136,29 @@ def test_function_equals_evaluate_model():
     model = metatrain_model(info)
     frames = ase.io.read(CUMULENES, ":5")
     compare(model, batch(model, frames), CompiledEnergyForces(model, backend=None))
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+def test_kept_systems_give_the_same_batches(periodic):
+    """Structures kept for the whole run: their flat tensors are read once, and batches
+    mixing structures seen before and new ones (in another order) still equal
+    evaluate_model, periodic images included."""
+    dataset, info = cumulene_data()
+    model = metatrain_model(info, lr=not periodic)
+    frames = ase.io.read(CUMULENES, ":6")
+    if periodic:
+        for k, atoms in enumerate(frames):  # small cells: pairs across the boundary
+            atoms.cell = [7.0 + k, 8.0, 9.0 - 0.3 * k]
+            atoms.pbc = True
+    systems = batch(model, frames)
+    compiled = CompiledEnergyForces(model, backend=None)
+    compare(model, systems[:3], compiled, kept=True)
+    assert len(compiled._kept) == 3
+    compare(model, [systems[4], systems[1], systems[5], systems[0]], compiled, kept=True)
+    assert len(compiled._kept) == 5
+    # batches that are not kept are read again and not remembered
+    compare(model, systems[2:4], compiled, kept=False)
+    assert len(compiled._kept) == 5
 
 
 def test_function_traces_as_one_graph():
@@ -231,9 +256,9 @@ def counting_calls(monkeypatch, backend):
     calls = []
     original = CompiledEnergyForces.__call__
 
-    def counting(self, systems, targets):
-        calls.append((len(systems), torch.is_grad_enabled()))
-        return original(self, systems, targets)
+    def counting(self, systems, targets, kept=False):
+        calls.append((len(systems), torch.is_grad_enabled(), kept))
+        return original(self, systems, targets, kept)
 
     monkeypatch.setattr(CompiledEnergyForces, "__call__", counting)
     monkeypatch.setattr(
@@ -258,8 +283,8 @@ def test_training_and_validation_batches_go_through_the_function(tmp_path, monke
     predict = epoch.EpochRunner.predict
     batches = []
 
-    def checking(self, systems, targets, is_training):
-        predictions = predict(self, systems, targets, is_training)
+    def checking(self, systems, targets, is_training, kept=False):
+        predictions = predict(self, systems, targets, is_training, kept)
         block = predictions[self.compiled.model.target_name].block()
         batches.append((is_training, len(systems), block.values.requires_grad))
         return predictions
@@ -267,9 +292,9 @@ def test_training_and_validation_batches_go_through_the_function(tmp_path, monke
     monkeypatch.setattr(epoch.EpochRunner, "predict", checking)
     compiled = train_and_log(info, train_set, val_set, True, tmp_path / "b", monkeypatch)
     # per epoch: two training batches and the first validation batch (4 structures
-    # each) through the function, with gradients on; the last validation batch (1
-    # structure) in eager mode
-    assert calls == [(4, True), (4, True), (4, True)] * 2
+    # each) through the function, with gradients on and the prepared structures kept;
+    # the last validation batch (1 structure) in eager mode
+    assert calls == [(4, True, True), (4, True, True), (4, True, True)] * 2
     assert [b[:2] for b in batches] == [(True, 4), (True, 4), (False, 4), (False, 1)] * 2
     assert [b[2] for b in batches[:3]] == [True, True, False]  # validation: detached
     assert len(compiled) == len(eager) == 3
@@ -289,7 +314,7 @@ def test_compiled_training_gives_the_losses_of_eager_training(tmp_path, monkeypa
     compiled = train_and_log(info, train_set, val_set, True, tmp_path / "b", monkeypatch)
     # every training batch and the validation batch of 4 went through it (the
     # validation batch of 1 structure runs in eager mode: no second compilation)
-    assert [size for size, _ in calls] == [4, 4, 4, 4, 4] * 2
+    assert [size for size, _, _ in calls] == [4, 4, 4, 4, 4] * 2
     # one logger call per epoch, and one more at the end (the best epoch's errors)
     assert len(compiled) == len(eager) == 3
     torch.testing.assert_close(compiled, eager, rtol=1e-9, atol=0.0)

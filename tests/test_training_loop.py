@@ -77,11 +77,30 @@ def train(data, tmp_path, **training):
     return model, trainer
 
 
-def test_prepared_structures_train_as_per_batch_collate(data, tmp_path):
+def kept_systems_flags(monkeypatch) -> list:
+    """Record whether the data loaders of every training run keep their systems."""
+    from lorem_mta.architecture import trainer
+
+    flags = []
+    original = trainer.build_dataloaders
+
+    def recording(*args, **kwargs):
+        loaders = original(*args, **kwargs)
+        flags.append(loaders.kept_systems)
+        return loaders
+
+    monkeypatch.setattr(trainer, "build_dataloaders", recording)
+    return flags
+
+
+def test_prepared_structures_train_as_per_batch_collate(data, tmp_path, monkeypatch):
     """Caching changes nothing: same weights, validation metric and best epoch."""
     training = {"num_epochs": 2, "scale_targets": True}
+    flags = kept_systems_flags(monkeypatch)
     cached, cached_trainer = train(data, tmp_path, cache_neighbor_lists=True, **training)
     plain, plain_trainer = train(data, tmp_path, cache_neighbor_lists=False, **training)
+    # only the prepared structures in this process are the same objects every epoch
+    assert flags == [True, False]
     assert cached_trainer.best_metric == plain_trainer.best_metric
     assert cached_trainer.best_epoch == plain_trainer.best_epoch
     cached_state, plain_state = cached.state_dict(), plain.state_dict()
@@ -92,11 +111,13 @@ def test_prepared_structures_train_as_per_batch_collate(data, tmp_path):
         torch.testing.assert_close(value, plain_state[name], rtol=0.0, atol=0.0, msg=name)
 
 
-def test_prepared_structures_with_worker_processes(data, tmp_path):
+def test_prepared_structures_with_worker_processes(data, tmp_path, monkeypatch):
     """Prepared structures also go through worker processes (as byte buffers)."""
     training = {"num_epochs": 1, "num_workers": 1}
+    flags = kept_systems_flags(monkeypatch)
     cached, _ = train(data, tmp_path, **training)
     plain, _ = train(data, tmp_path, cache_neighbor_lists=False, **training)
+    assert flags == [False, False]  # the workers send copies
     for name, value in cached.state_dict().items():
         if not name.endswith("type_to_index"):
             torch.testing.assert_close(value, plain.state_dict()[name], rtol=0.0, atol=0.0)

@@ -31,10 +31,16 @@ and the log says why once. Validation batches with as many structures as the tra
 batches go through the same function (with gradients on, so that the training graph
 serves them). The first batches pay the compilation (minutes on a small CPU; cached on
 disk by torch between runs).
+
+When the training structures are kept in memory for the whole run (prepared once, no
+worker processes: ``kept=True``), the flat tensors of every structure (atomic
+numbers, pairs, cell shifts, checked once) are kept too, and a batch only concatenates
+them: reading a structure's neighbour list from its metatomic ``System`` costs tens of
+microseconds per call.
 """
 
 import logging
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from metatensor.torch import Labels, TensorBlock, TensorMap
@@ -99,6 +105,50 @@ def _energies_and_gradients(
     return energies, gradients
 
 
+class FlatBatch(NamedTuple):
+    """A batch as the compiled function's inputs.
+
+    ``types`` ``(n_atoms,)`` (int64), ``positions`` ``(n_atoms, 3)`` (detached);
+    ``centers``, ``neighbors`` ``(n_pairs,)`` in the flat atom numbering; ``shifts``
+    ``(n_pairs, 3)``: ``S h`` of every pair (zero in molecules); ``cells``
+    ``(n_structures, 3, 3)``; ``atom_ptr``, ``pair_ptr``: first atom and pair of every
+    structure plus the totals; ``periodic``: per structure; ``system_index`` and
+    ``atom_index`` ``(n_atoms,)``, int32: structure of every atom and its index in it.
+    """
+
+    types: torch.Tensor
+    positions: torch.Tensor
+    centers: torch.Tensor
+    neighbors: torch.Tensor
+    shifts: torch.Tensor
+    cells: torch.Tensor
+    atom_ptr: List[int]
+    pair_ptr: List[int]
+    periodic: List[bool]
+    system_index: torch.Tensor
+    atom_index: torch.Tensor
+
+
+class _Kept(NamedTuple):
+    """The flat tensors of one structure kept for the whole run."""
+
+    #: the structure itself: holding it keeps its ``id`` from being reused
+    system: System
+    #: ``(n_atoms,)`` int64
+    types: torch.Tensor
+    #: ``(n_atoms, 3)``, detached
+    positions: torch.Tensor
+    #: ``(n_pairs, 2)`` int64, the structure's own atom numbering
+    pairs: torch.Tensor
+    #: ``(n_pairs, 3)``
+    shifts: torch.Tensor
+    #: ``(3, 3)``, detached
+    cell: torch.Tensor
+    periodic: bool
+    #: ``(n_atoms,)`` int32, ``0 .. n_atoms - 1``
+    atom_index: torch.Tensor
+
+
 class CompiledEnergyForces:
     """Energies and position gradients of training batches from a compiled function.
 
@@ -114,6 +164,8 @@ class CompiledEnergyForces:
 
     def __init__(self, model: torch.nn.Module, backend: Optional[str] = "inductor") -> None:
         self.model = model
+        # flat tensors of the structures kept in memory, by id of their System
+        self._kept: Dict[int, _Kept] = {}
         self.lorem = model.lorem
         self.backbone = model.lorem.backbone
         self.function = _energies_and_gradients
@@ -146,7 +198,9 @@ class CompiledEnergyForces:
             return "periodic structures with the long-range block"
         return None
 
-    def __call__(self, systems: List[System], targets: Dict) -> Optional[Dict[str, TensorMap]]:
+    def __call__(
+        self, systems: List[System], targets: Dict, kept: bool = False
+    ) -> Optional[Dict[str, TensorMap]]:
         """Energy (and forces, if the target has them) of a batch.
 
         The function is compiled again (and kept) for batches with another number of
@@ -156,13 +210,16 @@ class CompiledEnergyForces:
 
         :param systems: the batch, with neighbour lists
         :param targets: the target infos of the batch, by name
+        :param kept: the systems are kept unchanged in memory for the whole run (the
+            trainer's prepared datasets without worker processes): keep their flat
+            tensors too, checked once (see the module documentation). Only for such
+            systems: the tensors of every system seen are kept
         :return: ``{target name: energy TensorMap}``, or ``None`` when the batch would
             need more compiled variants than torch allows (``torch._dynamo.config.
             recompile_limit``; logged once): evaluate it in eager mode
         """
         lorem = self.lorem
-        lorem._check_dtypes(systems)
-        flat = lorem._flatten(systems)
+        flat = self._kept_batch(systems) if kept else self._flat_batch(systems)
         total_charges: Optional[torch.Tensor] = None
         if lorem.total_charge:
             total_charges = lorem._total_charges(
@@ -171,8 +228,7 @@ class CompiledEnergyForces:
         topology = self.backbone.topology(
             flat.types, flat.centers, flat.neighbors, flat.atom_ptr, flat.periodic
         )
-        positions = flat.positions.detach()
-        shifts = _pair_shifts(systems, lorem, flat)
+        positions = flat.positions
         baseline = lorem.atomic_baseline.to(positions.dtype)[flat.types]
         parameters, buffers = self._parameters_and_buffers()
         try:
@@ -184,8 +240,8 @@ class CompiledEnergyForces:
                 flat.types,
                 flat.centers,
                 flat.neighbors,
-                shifts,
-                flat.cells.detach(),
+                flat.shifts,
+                flat.cells,
                 flat.atom_ptr,
                 flat.pair_ptr,
                 flat.periodic,
@@ -207,6 +263,87 @@ class CompiledEnergyForces:
         name = self.model.target_name
         with_forces = "positions" in targets[name].gradients
         return {name: _energy_map(energies, gradients if with_forces else None, flat)}
+
+    def _flat_batch(self, systems: List[System]) -> FlatBatch:
+        """The :py:class:`FlatBatch` of a batch, read from its systems.
+
+        :param systems: the batch, with neighbour lists
+        :return: its flat tensors (the systems checked by the model)
+        """
+        lorem = self.lorem
+        lorem._check_dtypes(systems)
+        flat = lorem._flatten(systems)
+        return FlatBatch(
+            types=flat.types,
+            positions=flat.positions.detach(),
+            centers=flat.centers,
+            neighbors=flat.neighbors,
+            shifts=_pair_shifts(systems, lorem, flat),
+            cells=flat.cells.detach(),
+            atom_ptr=flat.atom_ptr,
+            pair_ptr=flat.pair_ptr,
+            periodic=flat.periodic,
+            system_index=flat.system_index,
+            atom_index=flat.atom_index,
+        )
+
+    def _kept_batch(self, systems: List[System]) -> FlatBatch:
+        """The :py:class:`FlatBatch` of a batch, joined from the kept structures.
+
+        Same tensors as :py:meth:`_flat_batch`; a structure seen for the first time is
+        read (and checked) once.
+
+        :param systems: the batch, with neighbour lists
+        :return: its flat tensors
+        """
+        kept = [self._kept_system(system) for system in systems]
+        atom_ptr, pair_ptr = [0], [0]
+        for item in kept:
+            atom_ptr.append(atom_ptr[-1] + item.types.shape[0])
+            pair_ptr.append(pair_ptr[-1] + item.pairs.shape[0])
+        pairs = torch.cat([item.pairs + atom_ptr[k] for k, item in enumerate(kept)])
+        periodic = [item.periodic for item in kept]
+        cells = torch.stack([item.cell for item in kept])
+        if any(periodic):
+            shifts = torch.cat([item.shifts for item in kept])
+        else:
+            shifts = cells.new_zeros((pair_ptr[-1], 3))
+        return FlatBatch(
+            types=torch.cat([item.types for item in kept]),
+            positions=torch.cat([item.positions for item in kept]),
+            centers=pairs[:, 0],
+            neighbors=pairs[:, 1],
+            shifts=shifts,
+            cells=cells,
+            atom_ptr=atom_ptr,
+            pair_ptr=pair_ptr,
+            periodic=periodic,
+            system_index=structure_index(atom_ptr, atom_ptr[-1], cells.device).to(torch.int32),
+            atom_index=torch.cat([item.atom_index for item in kept]),
+        )
+
+    def _kept_system(self, system: System) -> _Kept:
+        """The kept flat tensors of one structure, read the first time it is seen.
+
+        :param system: a structure of the batch
+        :return: its :py:class:`_Kept` tensors
+        """
+        item = self._kept.get(id(system))
+        if item is not None and item.system is system:
+            return item
+        flat = self._flat_batch([system])
+        item = _Kept(
+            system=system,
+            types=flat.types,
+            positions=flat.positions,
+            pairs=torch.stack([flat.centers, flat.neighbors], dim=1),
+            shifts=flat.shifts,
+            cell=flat.cells[0],
+            periodic=flat.periodic[0],
+            atom_index=flat.atom_index,
+        )
+        self._kept[id(system)] = item
+        return item
 
     def _parameters_and_buffers(
         self,
@@ -258,7 +395,7 @@ def _pair_shifts(
 
 
 def _energy_map(
-    energies: torch.Tensor, gradients: Optional[torch.Tensor], flat: FlatSystems
+    energies: torch.Tensor, gradients: Optional[torch.Tensor], flat: FlatBatch
 ) -> TensorMap:
     """The energy TensorMap of ``evaluate_model``, with a ``positions`` gradient block.
 
@@ -268,14 +405,10 @@ def _energy_map(
     :return: TensorMap with one block (samples ``system``, property ``energy``)
     """
     device = energies.device
-    n_structures = energies.shape[0]
-    properties = Labels(["energy"], torch.tensor([[0]], device=device))
+    properties = _labels("energy", 1, device)
     block = TensorBlock(
         values=energies.unsqueeze(-1),
-        samples=Labels(
-            ["system"],
-            torch.arange(n_structures, device=device, dtype=torch.int32).reshape(-1, 1),
-        ),
+        samples=_labels("system", energies.shape[0], device),
         components=[],
         properties=properties,
     )
@@ -287,8 +420,26 @@ def _energy_map(
                 samples=Labels(
                     ["sample", "atom"], torch.stack([flat.system_index, flat.atom_index], dim=1)
                 ),
-                components=[Labels(["xyz"], torch.arange(3, device=device).reshape(-1, 1))],
+                components=[_labels("xyz", 3, device)],
                 properties=properties,
             ),
         )
-    return TensorMap(Labels("_", torch.tensor([[0]], device=device)), [block])
+    return TensorMap(_labels("_", 1, device), [block])
+
+
+_LABELS: Dict[Tuple[str, int, torch.device], Labels] = {}
+
+
+def _labels(name: str, size: int, device: torch.device) -> Labels:
+    """``Labels.range(name, size)`` on ``device`` (int32), built once.
+
+    :param name: the dimension's name
+    :param size: number of entries ``0 .. size - 1``
+    :param device: where the labels live
+    :return: the labels, shared between calls (labels are immutable)
+    """
+    key = (name, size, device)
+    if key not in _LABELS:
+        values = torch.arange(size, dtype=torch.int32, device=device).reshape(-1, 1)
+        _LABELS[key] = Labels([name], values)
+    return _LABELS[key]

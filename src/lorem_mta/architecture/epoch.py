@@ -42,6 +42,9 @@ class EpochRunner:
         ``best_model_metric``, ``log_separate_blocks``, ``grad_clip_norm``)
     :param dtype: dtype of the training
     :param placement: device and distributed set-up of this process
+    :param kept_systems: the batches are made of structures kept in memory for the whole
+        run (see :py:class:`~.loaders.Loaders`); the compiled function then keeps their
+        flat tensors
     """
 
     def __init__(
@@ -52,6 +55,7 @@ class EpochRunner:
         hypers: TrainerHypers,
         dtype: torch.dtype,
         placement: Placement,
+        kept_systems: bool = False,
     ) -> None:
         self.model = model
         self.scaler = raw_model.scaler
@@ -79,6 +83,7 @@ class EpochRunner:
             )
         elif hypers["compile"]:
             self.compiled = CompiledEnergyForces(raw_model)
+        self.kept_systems = kept_systems
 
     def run_epoch(
         self,
@@ -196,12 +201,15 @@ class EpochRunner:
         :return: systems, predictions, targets and extra data, on the training device
         """
         systems, targets, extra_data = unpack(batch)
+        kept = self.kept_systems
         if not _is_on(systems, targets, extra_data, self.dtype, self.placement.device):
+            # new systems, in the training dtype and device
             systems, targets, extra_data = batch_to(
                 systems, targets, extra_data, dtype=self.dtype, device=self.placement.device
             )
+            kept = False
         batch_targets = {key: self.targets[key] for key in targets}
-        predictions = self.predict(systems, batch_targets, is_training)
+        predictions = self.predict(systems, batch_targets, is_training, kept)
         predictions = average_by_num_atoms(predictions, systems, self.per_structure_targets)
         targets = average_by_num_atoms(targets, systems, self.per_structure_targets)
         # per-property scales (multi-property targets only) before the loss; the
@@ -217,7 +225,11 @@ class EpochRunner:
         return systems, predictions, targets, extra_data
 
     def predict(
-        self, systems: List[System], targets: Dict[str, Any], is_training: bool
+        self,
+        systems: List[System],
+        targets: Dict[str, Any],
+        is_training: bool,
+        kept: bool = False,
     ) -> Dict[str, TensorMap]:
         """The model's predictions of a batch, compiled when possible.
 
@@ -231,6 +243,8 @@ class EpochRunner:
         :param systems: the batch, on the training device
         :param targets: the target infos of the batch, by name
         :param is_training: a training batch (gradients kept for the loss)
+        :param kept: the systems are kept in memory for the whole run (see
+            :py:class:`~.compiled.CompiledEnergyForces`)
         :return: the predictions, by target name
         """
         if self.compiled is None:
@@ -240,14 +254,14 @@ class EpochRunner:
             self.compiled.tell_once(reason)
             return evaluate_model(self.model, systems, targets, is_training=is_training)
         if is_training:
-            predictions = self.compiled(systems, targets)
+            predictions = self.compiled(systems, targets, kept)
             if predictions is None:  # too many compiled variants
                 return evaluate_model(self.model, systems, targets, is_training=True)
             self.compiled_sizes.add(len(systems))
             return predictions
         if len(systems) in self.compiled_sizes:
             with torch.enable_grad():
-                predictions = self.compiled(systems, targets)
+                predictions = self.compiled(systems, targets, kept)
             if predictions is not None:
                 return {name: metatensor.torch.detach(v) for name, v in predictions.items()}
         return evaluate_model(self.model, systems, targets, is_training=False)

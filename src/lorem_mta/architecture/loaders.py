@@ -11,7 +11,7 @@
 
 import copy
 import logging
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, List, NamedTuple, Optional, Union
 
 import torch
 from metatrain.composition import train_or_load_composition_model
@@ -41,6 +41,20 @@ from .model import LoremMta
 from .options import fixed_scaling_weights
 
 AnyDataset = Union[Dataset, torch.utils.data.Subset]
+
+
+class Loaders(NamedTuple):
+    """The data loaders of a training run."""
+
+    #: the training batches
+    train: CombinedDataLoader
+    #: the validation batches
+    val: CombinedDataLoader
+    #: the distributed samplers of the training sets (their epoch is set every epoch)
+    samplers: List[Any]
+    #: every batch is made of the same ``System`` objects every epoch, kept in memory
+    #: for the whole run (prepared datasets, no worker processes)
+    kept_systems: bool
 
 
 def fit_baseline(
@@ -105,7 +119,7 @@ def build_dataloaders(
     val_datasets: List[AnyDataset],
     dtype: torch.dtype,
     placement: Placement,
-) -> Tuple[CombinedDataLoader, CombinedDataLoader, List[Any]]:
+) -> Loaders:
     """Training and validation data loaders.
 
     :param model: the model, with its fitted baseline and scaler
@@ -115,8 +129,9 @@ def build_dataloaders(
     :param val_datasets: validation datasets
     :param dtype: dtype of the training (prepared structures are stored in it)
     :param placement: device and distributed set-up of this process
-    :return: the training and validation loaders and the distributed samplers of the
-        training sets (whose epoch is set before every epoch)
+    :return: the training and validation loaders, the distributed samplers of the
+        training sets (whose epoch is set before every epoch), and whether the batches
+        are made of structures kept in memory
     """
     train_samplers = _samplers(train_datasets, placement, shuffle=True)
     val_samplers = _samplers(val_datasets, placement, shuffle=False)
@@ -127,7 +142,8 @@ def build_dataloaders(
     # (datasets read from disk on demand keep metatrain's per-batch pipeline)
     target_keys = list(model.dataset_info.targets.keys())
     on_disk = any(is_on_disk(dataset) for dataset in train_datasets + val_datasets)
-    if hypers["cache_neighbor_lists"] and not on_disk:
+    prepared = hypers["cache_neighbor_lists"] and not on_disk
+    if prepared:
         logging.info("Computing the neighbour lists of all structures once")
         # in the training dtype once, unless worker processes serialise them
         prepared_dtype = dtype if num_workers == 0 else None
@@ -156,10 +172,12 @@ def build_dataloaders(
         max_atoms_per_batch=hypers["max_atoms_per_batch"],
         num_workers=num_workers,
     )
-    return (
-        CombinedDataLoader(train_dataloaders, shuffle=True),
-        CombinedDataLoader(val_dataloaders, shuffle=False),
-        epoch_samplers,
+    return Loaders(
+        train=CombinedDataLoader(train_dataloaders, shuffle=True),
+        val=CombinedDataLoader(val_dataloaders, shuffle=False),
+        samplers=epoch_samplers,
+        # worker processes send copies of the systems
+        kept_systems=prepared and num_workers == 0,
     )
 
 

@@ -57,7 +57,7 @@ from . import budget as time_budget
 from . import checkpoints, guards, options, reporting
 from .distributed import Placement, place, same_on_all_ranks
 from .epoch import EpochRunner
-from .loaders import build_dataloaders, fit_baseline
+from .loaders import Loaders, build_dataloaders, fit_baseline
 from .model import LoremMta
 from .optimization import build_optimizer, get_scheduler, load_optimizer_state
 from .progress import ProgressLog, progress_line
@@ -73,7 +73,7 @@ class _Run:
     """the model itself (not its distributed wrapper)"""
     placement: Placement
     """device and distributed set-up of this process"""
-    loaders: Tuple[Any, Any, List[Any]]
+    loaders: Loaders
     """training and validation loaders, distributed samplers of the training sets"""
     steps: EpochRunner
     """runs the epochs"""
@@ -160,13 +160,15 @@ class Trainer(TrainerInterface[TrainerHypers]):
         optimizer = build_optimizer(wrapped, hypers)
         start_epoch = 0 if self.epoch is None else self.epoch + 1
         lr_scheduler, horizon = self._schedule(
-            optimizer, len(loaders[0]), start_epoch, restart=not model.has_new_targets
+            optimizer, len(loaders.train), start_epoch, restart=not model.has_new_targets
         )
         run = _Run(
             raw_model=model,
             placement=placement,
             loaders=loaders,
-            steps=EpochRunner(wrapped, model, loss_fn, hypers, dtype, placement),
+            steps=EpochRunner(
+                wrapped, model, loss_fn, hypers, dtype, placement, loaders.kept_systems
+            ),
             optimizer=optimizer,
             lr_scheduler=lr_scheduler,
             horizon=horizon,
@@ -230,7 +232,7 @@ class Trainer(TrainerInterface[TrainerHypers]):
         """
         hypers = self.hypers
         num_epochs = hypers["num_epochs"]
-        train_dataloader, val_dataloader, epoch_samplers = run.loaders
+        train_dataloader, val_dataloader, epoch_samplers = run.loaders[:3]
         logging.info("Starting training")
         guard = guards.DivergenceGuard(hypers["learning_rate"])
         progress = ProgressLog(
