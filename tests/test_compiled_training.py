@@ -226,10 +226,10 @@ def test_periodic_short_range_model_equals_evaluate_model():
 
 
 def train_and_log(
-    info, train_set, val_set, compile, tmp_path, monkeypatch, epochs=2, batch_size=4
+    info, train_set, val_set, compile, tmp_path, monkeypatch, epochs=2, batch_size=4, **options
 ):
     """Train a fresh small model in float64; the logged training and validation
-    losses, one pair per epoch and one for the best epoch at the end."""
+    losses and RMSEs, one set per epoch and one for the best epoch at the end."""
     torch.manual_seed(0)
     defaults = get_default_hypers("experimental.lorem_mta")
     model = LoremMta({**defaults["model"], **SMALL}, info)
@@ -237,11 +237,22 @@ def train_and_log(
     hypers.update(
         batch_size=batch_size, num_workers=0, log_interval=1, num_epochs=epochs, compile=compile
     )
+    hypers.update(options)
     logged = []
     tmp_path.mkdir(exist_ok=True)
 
     def log(self, metrics, *args, **kwargs):
-        logged.append((metrics[0]["loss"], metrics[1]["loss"]))
+        logged.append(
+            tuple(
+                metrics[k][name]
+                for k in range(2)
+                for name in [
+                    "loss",
+                    "energy RMSE (per atom)",
+                    "energy_positions_gradients RMSE",
+                ]
+            )
+        )
 
     monkeypatch.setattr("metatrain.utils.logging.MetricLogger.log", log)
     Trainer(hypers).train(
@@ -254,13 +265,13 @@ def counting_calls(monkeypatch, backend):
     """Count the batches (their sizes) that go through the compiled function, built
     with ``backend``."""
     calls = []
-    original = CompiledEnergyForces.__call__
+    original = CompiledEnergyForces.evaluate
 
-    def counting(self, systems, targets, kept=False):
+    def counting(self, systems, kept=False):
         calls.append((len(systems), torch.is_grad_enabled(), kept))
-        return original(self, systems, targets, kept)
+        return original(self, systems, kept)
 
-    monkeypatch.setattr(CompiledEnergyForces, "__call__", counting)
+    monkeypatch.setattr(CompiledEnergyForces, "evaluate", counting)
     monkeypatch.setattr(
         "lorem_mta.architecture.epoch.CompiledEnergyForces",
         lambda model: CompiledEnergyForces(model, backend=backend),
@@ -268,35 +279,55 @@ def counting_calls(monkeypatch, backend):
     return calls
 
 
-def test_training_and_validation_batches_go_through_the_function(tmp_path, monkeypatch):
+@pytest.mark.parametrize("scale_targets", [False, True])
+def test_training_and_validation_batches_go_through_the_function(
+    tmp_path, monkeypatch, scale_targets
+):
     """The trainer sends training AND validation batches through the function (the
     latter with gradients on, the same graph, and detached predictions) and logs the
-    losses of eager training; a validation batch with a number of structures that no
-    training batch had (which would need another compilation) runs in eager mode."""
+    losses and errors of eager training; a validation batch with a number of structures
+    that no training batch had (which would need another compilation) runs in eager
+    mode. The loss and the errors are computed on plain tensors (:py:mod:`.flat_loss`)
+    unless the targets are scaled, then on metatrain's tensor maps."""
     dataset, info = cumulene_data()
     train_set = torch.utils.data.Subset(dataset, list(range(8)))
     val_set = torch.utils.data.Subset(dataset, list(range(8, 13)))
-    eager = train_and_log(info, train_set, val_set, False, tmp_path / "a", monkeypatch)
+    options = {"scale_targets": scale_targets}
+    eager = train_and_log(
+        info, train_set, val_set, False, tmp_path / "a", monkeypatch, **options
+    )
     calls = counting_calls(monkeypatch, backend=None)
     from lorem_mta.architecture import epoch
 
-    predict = epoch.EpochRunner.predict
+    predict, evaluate_flat = epoch.EpochRunner.predict, epoch.EpochRunner.evaluate_flat
     batches = []
 
     def checking(self, systems, targets, is_training, kept=False):
         predictions = predict(self, systems, targets, is_training, kept)
         block = predictions[self.compiled.model.target_name].block()
-        batches.append((is_training, len(systems), block.values.requires_grad))
+        batches.append(("maps", is_training, len(systems), block.values.requires_grad))
         return predictions
 
+    def checking_flat(self, batch, is_training):
+        evaluated = evaluate_flat(self, batch, is_training)
+        if evaluated is not None:
+            size = evaluated.energies.shape[0]
+            batches.append(("flat", is_training, size, evaluated.loss.requires_grad))
+        return evaluated
+
     monkeypatch.setattr(epoch.EpochRunner, "predict", checking)
-    compiled = train_and_log(info, train_set, val_set, True, tmp_path / "b", monkeypatch)
+    monkeypatch.setattr(epoch.EpochRunner, "evaluate_flat", checking_flat)
+    compiled = train_and_log(
+        info, train_set, val_set, True, tmp_path / "b", monkeypatch, **options
+    )
     # per epoch: two training batches and the first validation batch (4 structures
     # each) through the function, with gradients on and the prepared structures kept;
     # the last validation batch (1 structure) in eager mode
     assert calls == [(4, True, True), (4, True, True), (4, True, True)] * 2
-    assert [b[:2] for b in batches] == [(True, 4), (True, 4), (False, 4), (False, 1)] * 2
-    assert [b[2] for b in batches[:3]] == [True, True, False]  # validation: detached
+    path = "maps" if scale_targets else "flat"
+    expected = [(path, True, 4, True), (path, True, 4, True), (path, False, 4, False)]
+    # (eager validation keeps the graph of its forces: not checked)
+    assert [b if b[2] == 4 else b[:3] for b in batches] == (expected + [("maps", False, 1)]) * 2
     assert len(compiled) == len(eager) == 3
     torch.testing.assert_close(compiled, eager, rtol=1e-10, atol=0.0)
 

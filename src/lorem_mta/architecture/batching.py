@@ -12,12 +12,14 @@ buffers are only needed with worker processes.
 structure (each of them acts on every structure on its own, so a batch of one gives the
 same values as the batch the structure ends up in) and keeps the results in memory;
 the batches then only join the prepared samples. Without worker processes,
-:py:class:`InProcessCollateFn` also skips the buffers. Datasets read from disk on
+:py:class:`InProcessCollateFn` also skips the buffers, and batches of prepared samples
+are joined only when they are unpacked (:py:class:`PreparedBatch`): the compiled
+training of :py:mod:`.flat_loss` reads the samples' tensors directly. Datasets read from disk on
 demand (metatrain's ``DiskDataset`` and ``MemmapDataset``, meant for data sets larger
 than the memory) keep metatrain's per-batch pipeline.
 """
 
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from metatensor.learn.data import group_and_join
@@ -109,28 +111,60 @@ def prepare_datasets(
     ]
 
 
+class PreparedBatch(NamedTuple):
+    """A batch of prepared samples, not joined yet (:py:func:`unpack` joins them)."""
+
+    #: the samples, as the prepared datasets hold them
+    samples: List[Any]
+    #: names of the fields that are targets (the others are extra data)
+    target_keys: List[str]
+    #: keyword arguments of ``metatensor.torch.join``
+    join_kwargs: Dict[str, Any]
+
+
 class InProcessCollateFn(CollateFn):
     """metatrain's collate function without the byte buffers.
 
     Returns ``(systems, targets, extra)`` directly, for data loaders without worker
-    processes; :py:func:`unpack` accepts both this and metatrain's buffers.
+    processes; :py:func:`unpack` accepts both this and metatrain's buffers. Batches of
+    prepared samples (no transforms left to apply) are returned as a
+    :py:class:`PreparedBatch`, joined when unpacked.
     """
 
     def __call__(  # type: ignore[override]
         self, batch: List[Any]
-    ) -> Tuple[List[System], Dict[str, TensorMap], Dict[str, TensorMap]]:
+    ) -> Union[PreparedBatch, Tuple[List[System], Dict[str, TensorMap], Dict[str, TensorMap]]]:
         """Join the samples of a batch and apply the transforms.
 
         :param batch: samples from the dataset
-        :return: ``(systems, targets, extra)``
+        :return: ``(systems, targets, extra)``, or the samples of prepared datasets
         """
-        data = group_and_join(batch, join_kwargs=self.join_kwargs)._asdict()
-        systems = list(data.pop("system"))
-        targets = {k: v for k, v in data.items() if k in self.target_keys}
-        extra = {k: v for k, v in data.items() if k not in self.target_keys}
-        for transform in self.callables:
-            systems, targets, extra = transform(systems, targets, extra)
-        return systems, targets, extra
+        if len(self.callables) == 0:
+            return PreparedBatch(list(batch), list(self.target_keys), self.join_kwargs)
+        return _join(batch, self.target_keys, self.join_kwargs, self.callables)
+
+
+def _join(
+    batch: List[Any],
+    target_keys: List[str],
+    join_kwargs: Dict[str, Any],
+    transforms: List[Transform],
+) -> Tuple[List[System], Dict[str, TensorMap], Dict[str, TensorMap]]:
+    """Join samples into systems, targets and extra data, then apply the transforms.
+
+    :param batch: samples from the dataset
+    :param target_keys: names of the fields that are targets
+    :param join_kwargs: keyword arguments of ``metatensor.torch.join``
+    :param transforms: called as ``transform(systems, targets, extra)``
+    :return: ``(systems, targets, extra)``
+    """
+    data = group_and_join(batch, join_kwargs=join_kwargs)._asdict()
+    systems = list(data.pop("system"))
+    targets = {k: v for k, v in data.items() if k in target_keys}
+    extra = {k: v for k, v in data.items() if k not in target_keys}
+    for transform in transforms:
+        systems, targets, extra = transform(systems, targets, extra)
+    return systems, targets, extra
 
 
 def unpack(batch: Any) -> Tuple[List[System], Dict[str, TensorMap], Dict[str, TensorMap]]:
@@ -140,6 +174,8 @@ def unpack(batch: Any) -> Tuple[List[System], Dict[str, TensorMap], Dict[str, Te
         :py:class:`~metatrain.utils.data.CollateFn`
     :return: ``(systems, targets, extra)``
     """
+    if isinstance(batch, PreparedBatch):
+        return _join(batch.samples, batch.target_keys, batch.join_kwargs, [])
     if len(batch) == 3:
         return batch
     return unpack_batch(batch)

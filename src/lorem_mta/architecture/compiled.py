@@ -203,20 +203,40 @@ class CompiledEnergyForces:
     ) -> Optional[Dict[str, TensorMap]]:
         """Energy (and forces, if the target has them) of a batch.
 
+        :param systems: the batch, with neighbour lists
+        :param targets: the target infos of the batch, by name
+        :param kept: as in :py:meth:`evaluate`
+        :return: ``{target name: energy TensorMap}``, or ``None`` when the batch would
+            need more compiled variants than torch allows (see :py:meth:`evaluate`):
+            evaluate it in eager mode
+        """
+        evaluated = self.evaluate(systems, kept)
+        if evaluated is None:
+            return None
+        energies, gradients, flat = evaluated
+        name = self.model.target_name
+        with_forces = "positions" in targets[name].gradients
+        return {name: _energy_map(energies, gradients if with_forces else None, flat)}
+
+    def evaluate(
+        self, systems: List[System], kept: bool = False
+    ) -> Optional[Tuple[torch.Tensor, torch.Tensor, FlatBatch]]:
+        """Energies of a batch and their gradients with respect to the positions.
+
         The function is compiled again (and kept) for batches with another number of
         structures, or other species, or a species pair that is absent or occurs once
         (torch specialises sizes 0 and 1): one graph when every batch has the same
         structures count and all the species.
 
         :param systems: the batch, with neighbour lists
-        :param targets: the target infos of the batch, by name
         :param kept: the systems are kept unchanged in memory for the whole run (the
             trainer's prepared datasets without worker processes): keep their flat
             tensors too, checked once (see the module documentation). Only for such
             systems: the tensors of every system seen are kept
-        :return: ``{target name: energy TensorMap}``, or ``None`` when the batch would
-            need more compiled variants than torch allows (``torch._dynamo.config.
-            recompile_limit``; logged once): evaluate it in eager mode
+        :return: energies ``(n_structures,)``, their gradients ``(n_atoms, 3)`` (both
+            with the graph to the parameters) and the flat batch; or ``None`` when the
+            batch would need more compiled variants than torch allows
+            (``torch._dynamo.config.recompile_limit``; logged once)
         """
         lorem = self.lorem
         flat = self._kept_batch(systems) if kept else self._flat_batch(systems)
@@ -260,9 +280,7 @@ class CompiledEnergyForces:
                 "compile: torch.compile could not compile the training step of this "
                 "batch (" + type(error).__name__ + "); train with 'compile: false'"
             ) from error
-        name = self.model.target_name
-        with_forces = "positions" in targets[name].gradients
-        return {name: _energy_map(energies, gradients if with_forces else None, flat)}
+        return energies, gradients, flat
 
     def _flat_batch(self, systems: List[System]) -> FlatBatch:
         """The :py:class:`FlatBatch` of a batch, read from its systems.

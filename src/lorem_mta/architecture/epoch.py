@@ -9,7 +9,7 @@ epoch.
 """
 
 import logging
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
 import metatensor.torch
 import torch
@@ -22,14 +22,16 @@ from metatrain.utils.per_atom import average_by_num_atoms
 from metatrain.utils.transfer import batch_to
 
 from ..documentation import TrainerHypers
-from .batching import unpack
+from .batching import PreparedBatch, unpack
 from .compiled import CompiledEnergyForces
 from .distributed import Placement
+from .flat_loss import FlatEvaluation, FlatLoss
 from .guards import DivergenceGuard
 from .model import LoremMta
 
-# systems, predictions, targets and extra data of a batch
-Batch = Tuple[Any, Dict[str, Any], Dict[str, Any], Dict[str, Any]]
+# systems, predictions, targets and extra data of a batch, or the plain tensors of a
+# compiled energy batch
+Batch = Union[Tuple[Any, Dict[str, Any], Dict[str, Any], Dict[str, Any]], FlatEvaluation]
 
 
 class EpochRunner:
@@ -84,6 +86,7 @@ class EpochRunner:
         elif hypers["compile"]:
             self.compiled = CompiledEnergyForces(raw_model)
         self.kept_systems = kept_systems
+        self.flat_loss = self._flat_loss(raw_model)
 
     def run_epoch(
         self,
@@ -154,9 +157,13 @@ class EpochRunner:
             batch
         """
         optimizer.zero_grad()
-        evaluated = self.evaluate(batch, is_training=True)
-        _, predictions, targets, extra_data = evaluated
-        loss = self.loss_fn(predictions, targets, extra_data)
+        evaluated = self.evaluate_flat(batch, is_training=True)
+        if evaluated is not None:
+            loss = evaluated.loss
+        else:
+            evaluated = self.evaluate(batch, is_training=True)
+            _, predictions, targets, extra_data = evaluated
+            loss = self.loss_fn(predictions, targets, extra_data)
         if self.placement.is_distributed:
             # every parameter must take part in the graph for DDP
             for parameter in self.model.parameters():
@@ -184,14 +191,82 @@ class EpochRunner:
         # gradients stay on when forces or stresses are evaluated
         with torch.set_grad_enabled(any(info.gradients for info in self.targets.values())):
             for batch in dataloader:
-                evaluated = self.evaluate(batch, is_training=False)
-                _, predictions, targets, extra_data = evaluated
-                loss = self.loss_fn(predictions, targets, extra_data)
+                evaluated = self.evaluate_flat(batch, is_training=False)
+                if evaluated is not None:
+                    loss = evaluated.loss
+                else:
+                    evaluated = self.evaluate(batch, is_training=False)
+                    _, predictions, targets, extra_data = evaluated
+                    loss = self.loss_fn(predictions, targets, extra_data)
                 if self.placement.is_distributed:
                     torch.distributed.all_reduce(loss)
                 total += loss.item()
                 self.accumulate(accumulators, evaluated)
         return accumulators, total
+
+    def evaluate_flat(self, batch: Any, is_training: bool) -> Optional[FlatEvaluation]:
+        """A batch through the compiled function and :py:mod:`.flat_loss`, if it can.
+
+        That is: a :py:class:`~.batching.PreparedBatch` of kept structures, in the
+        training dtype and on its device, with only the energy, that the compiled
+        function supports (validation batches: with as many structures as a training
+        batch, see :py:meth:`predict`), in a run whose loss :py:class:`.FlatLoss`
+        computes.
+
+        :param batch: the batch, as the data loader gives it
+        :param is_training: a training batch (gradients kept for the loss)
+        :return: the evaluated batch, or ``None``: evaluate it with :py:meth:`evaluate`
+        """
+        if self.flat_loss is None or self.compiled is None or not self.kept_systems:
+            return None
+        if not isinstance(batch, PreparedBatch):
+            return None
+        references = self.flat_loss.references(batch.samples, self.dtype, self.placement.device)
+        if references is None:
+            return None
+        systems = [sample.system for sample in batch.samples]
+        if self.compiled.unsupported(systems, self.targets) is not None:
+            return None
+        if not is_training and len(systems) not in self.compiled_sizes:
+            return None
+        with torch.enable_grad():
+            evaluated = self.compiled.evaluate(systems, kept=True)
+        if evaluated is None:
+            return None
+        energies, gradients, flat = evaluated
+        if is_training:
+            self.compiled_sizes.add(len(systems))
+        else:
+            energies, gradients = energies.detach(), gradients.detach()
+        with_forces = "positions" in self.targets[self.compiled.model.target_name].gradients
+        return self.flat_loss.evaluate(
+            references, energies, gradients if with_forces else None, flat.atom_ptr
+        )
+
+    def _flat_loss(self, raw_model: LoremMta) -> Optional[FlatLoss]:
+        """The :py:class:`.FlatLoss` of this run, or ``None`` if it does not apply.
+
+        :param raw_model: the model (its energy target)
+        :return: the flat loss, when the run is compiled and its loss supported
+        """
+        if self.compiled is None:
+            return None
+        name = raw_model.target_name
+        reason = FlatLoss.unsupported(
+            self.loss_fn,
+            self.targets,
+            name,
+            self.unit_scales and not self.has_per_property_scales,
+        )
+        if reason is not None:
+            logging.info(f"compile: the loss runs on metatrain's tensor maps ({reason})")
+            return None
+        block_name: Optional[str] = None
+        if self.hypers["log_separate_blocks"]:
+            key = self.targets[name].layout.keys
+            entries = [f"{n}={int(v)}" for n, v in zip(key.names, key.values[0], strict=True)]
+            block_name = " (" + ",".join(entries) + ")"
+        return FlatLoss(self.loss_fn, name, name in self.per_structure_targets, block_name)
 
     def evaluate(self, batch: Any, is_training: bool) -> Batch:
         """Predictions and targets of one batch, per atom and in scaled units.
@@ -282,21 +357,27 @@ class EpochRunner:
         :param accumulators: the accumulators of the epoch
         :param evaluated: the batch, as :py:meth:`evaluate` returns it
         """
+        if isinstance(evaluated, FlatEvaluation):
+            if self.flat_loss is not None:
+                self.flat_loss.accumulate(accumulators, evaluated)
+            return
         systems, predictions, targets, extra = evaluated
         scaled = [predictions, targets]
-        if not self.unit_scales:
-            scaled = [
-                self.scaler.apply_scales(
-                    systems,
-                    values,
-                    remove=False,
-                    use_per_target_scales=True,
-                    use_per_property_scales=False,
-                )
-                for values in scaled
-            ]
-        for accumulator in accumulators:
-            accumulator.update(scaled[0], scaled[1], extra)
+        # numbers only: no autograd graph of the errors of training predictions
+        with torch.no_grad():
+            if not self.unit_scales:
+                scaled = [
+                    self.scaler.apply_scales(
+                        systems,
+                        values,
+                        remove=False,
+                        use_per_target_scales=True,
+                        use_per_property_scales=False,
+                    )
+                    for values in scaled
+                ]
+            for accumulator in accumulators:
+                accumulator.update(scaled[0], scaled[1], extra)
 
     def finalize(self, accumulators: List[Any], loss: float) -> Dict[str, float]:
         """The metrics of an epoch (summed over the processes).
