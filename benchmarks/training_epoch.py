@@ -298,6 +298,13 @@ def profile_run(case_data: tuple, model_hypers: dict, training: dict, output: Pa
 #: (owner, attribute, label) of the functions that ``--phases`` times
 PHASES = [
     ("lorem_mta.architecture.epoch:EpochRunner", "predict", "predict (model or compiled call)"),
+    (
+        "lorem_mta.architecture.compiled:CompiledEnergyForces",
+        "evaluate",
+        "compiled call (with batch preparation)",
+    ),
+    ("lorem_mta.architecture.flat_loss:FlatLoss", "evaluate", "loss (plain tensors)"),
+    ("lorem_mta.architecture.flat_loss:FlatLoss", "accumulate", "metric sums (plain tensors)"),
     ("torch:Tensor", "backward", "backward (parameter gradients)"),
     ("torch.utils.data.dataloader:_BaseDataLoaderIter", "__next__", "data loader"),
     ("metatrain.utils.loss:LossAggregator", "__call__", "loss"),
