@@ -301,7 +301,7 @@ PHASES = [
     (
         "lorem_mta.architecture.compiled:CompiledEnergyForces",
         "evaluate",
-        "compiled call (with batch preparation)",
+        "compiled call + batch preparation",
     ),
     ("lorem_mta.architecture.flat_loss:FlatLoss", "evaluate", "loss (plain tensors)"),
     ("lorem_mta.architecture.flat_loss:FlatLoss", "accumulate", "metric sums (plain tensors)"),

@@ -86,6 +86,7 @@ def test_loss_equals_metatrain(terms, per_structure, nan_at):
         loss_fn, compiled(systems, targets, kept=True), samples, per_structure
     )
     assert torch.isfinite(expected)
+    assert found.complete == (nan_at is None)  # both selections of the references
     assert torch.equal(found.loss, expected)
     # and the same parameter gradients
     parameters = [p for p in model.parameters() if p.requires_grad]

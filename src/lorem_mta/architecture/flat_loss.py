@@ -38,7 +38,8 @@ class FlatEvaluation(NamedTuple):
 
     ``energies`` and ``reference`` ``(n_structures, 1)``: per atom unless the target
     is per structure; ``gradients`` and ``reference_gradients`` ``(n_atoms, 3)``, or
-    ``None`` without forces; ``loss``: the loss of the batch.
+    ``None`` without forces; ``loss``: the loss of the batch; ``complete``: whether
+    every reference value is a number.
     """
 
     energies: torch.Tensor
@@ -46,6 +47,8 @@ class FlatEvaluation(NamedTuple):
     gradients: Optional[torch.Tensor]
     reference_gradients: Optional[torch.Tensor]
     loss: torch.Tensor
+    #: no reference value of the batch is NaN (nothing to leave out)
+    complete: bool
 
 
 class _Reference(NamedTuple):
@@ -59,6 +62,8 @@ class _Reference(NamedTuple):
     energy: torch.Tensor
     #: ``(n_atoms, 3)`` or ``None``
     gradients: Optional[torch.Tensor]
+    #: no reference value is NaN
+    complete: bool
 
 
 class FlatLoss:
@@ -161,16 +166,19 @@ class FlatLoss:
         reference_gradients: Optional[torch.Tensor] = None
         if gradients is not None:
             reference_gradients = torch.cat([_given(item.gradients) for item in references])
+        complete = all(item.complete for item in references)
         loss = torch.zeros((), dtype=energies.dtype, device=energies.device)
         for term in self.terms:
             if term.gradient is None:
-                value = _term(term, predicted, reference)
+                value = _term(term, predicted, reference, complete)
             elif gradients is None or reference_gradients is None:
                 continue
             else:
-                value = _term(term, gradients, reference_gradients)
+                value = _term(term, gradients, reference_gradients, complete)
             loss = loss + term.weight * value
-        return FlatEvaluation(predicted, reference, gradients, reference_gradients, loss)
+        return FlatEvaluation(
+            predicted, reference, gradients, reference_gradients, loss, complete
+        )
 
     def accumulate(self, accumulators: List[Any], evaluated: FlatEvaluation) -> None:
         """Add a batch to metatrain's RMSE and MAE accumulators.
@@ -191,7 +199,14 @@ class FlatLoss:
                 else:
                     raise TypeError(f"unknown accumulator {type(accumulator).__name__}")
                 for name, predicted, reference in pairs:
-                    _add_errors(accumulator.information, name, predicted, reference, power)
+                    _add_errors(
+                        accumulator.information,
+                        name,
+                        predicted,
+                        reference,
+                        power,
+                        evaluated.complete,
+                    )
 
     def _read(self, sample: Any, dtype: torch.dtype, device: torch.device) -> "_Reference":
         """The reference values of a sample, and whether its batch can take this path.
@@ -201,7 +216,7 @@ class FlatLoss:
         :param device: the training device
         :return: its :py:class:`_Reference`
         """
-        rejected = _Reference(sample, False, torch.zeros(0), None)
+        rejected = _Reference(sample, False, torch.zeros(0), None, False)
         if set(sample._fields) != {"system", self.target_name}:
             return rejected  # extra data (masks, inputs) go through metatrain
         block = getattr(sample, self.target_name).block()
@@ -213,7 +228,10 @@ class FlatLoss:
         gradients: Optional[torch.Tensor] = None
         if "positions" in block.gradients_list():
             gradients = block.gradient("positions").values.reshape(-1, 3)
-        return _Reference(sample, True, block.values, gradients)
+        complete = not bool(torch.isnan(block.values).any())
+        if gradients is not None:
+            complete = complete and not bool(torch.isnan(gradients).any())
+        return _Reference(sample, True, block.values, gradients, complete)
 
 
 def _given(tensor: Optional[torch.Tensor]) -> torch.Tensor:
@@ -223,16 +241,21 @@ def _given(tensor: Optional[torch.Tensor]) -> torch.Tensor:
     return tensor
 
 
-def _term(term: Any, predicted: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+def _term(
+    term: Any, predicted: torch.Tensor, reference: torch.Tensor, complete: bool
+) -> torch.Tensor:
     """One loss term as metatrain computes it: flattened, NaN references left out.
 
     :param term: metatrain's loss term (its ``torch_loss``)
     :param predicted: predictions, any shape
     :param reference: references, the same shape
+    :param complete: no reference is NaN (the selection would keep every entry)
     :return: the term, a scalar
     """
     predicted = predicted.reshape(-1)
     reference = reference.reshape(-1)
+    if complete:
+        return term.torch_loss(predicted, reference)
     kept = ~torch.isnan(reference)
     reference = reference[kept]
     predicted = predicted[kept]
@@ -247,6 +270,7 @@ def _add_errors(
     predicted: torch.Tensor,
     reference: torch.Tensor,
     power: int,
+    complete: bool,
 ) -> None:
     """Add the sum of squared (``power`` 2) or absolute errors of the non-NaN entries.
 
@@ -255,9 +279,15 @@ def _add_errors(
     :param predicted: predictions
     :param reference: references, the same shape
     :param power: 2 for the RMSE, 1 for the MAE
+    :param complete: no reference is NaN (every entry counts)
     """
-    kept = ~torch.isnan(reference)
-    errors = predicted[kept] - reference[kept]
+    if complete:
+        errors = predicted.reshape(-1) - reference.reshape(-1)
+        count = errors.shape[0]
+    else:
+        kept = ~torch.isnan(reference)
+        errors = predicted[kept] - reference[kept]
+        count = int(kept.sum().item())
     total = (errors**2 if power == 2 else errors.abs()).sum().item()
     previous = information.get(name, (0.0, 0))
-    information[name] = (previous[0] + total, previous[1] + kept.sum().item())
+    information[name] = (previous[0] + total, previous[1] + count)
