@@ -391,7 +391,10 @@ class TensorProduct(torch.nn.Module):
             size_1, size_2 = self.sizes_1[l1], self.sizes_2[l2]
             outer = xs[l1].unsqueeze(-1) * ys[l2].unsqueeze(-2)  # [n, F, size_1, size_2]
             block = cg[offset : offset + size_1 * size_2 * width].view(size_1 * size_2, width)
-            coupled = outer.reshape(n, n_features, size_1 * size_2) @ block
+            # a broadcast product and a sum over the (2 l1 + 1)(2 l2 + 1) products,
+            # fused by the compiler (no small matrix product per input pair)
+            outer = outer.reshape(n, n_features, size_1 * size_2, 1)
+            coupled = (outer * block).sum(dim=2)  # [n, F, width]
             outputs = self.pair_outputs[first : first + count]
             columns = torch.split(coupled, [self.sizes_out[l3] for l3 in outputs], dim=2)
             for k, l3 in enumerate(outputs):
