@@ -345,3 +345,21 @@ def test_compiled_branches_give_the_eager_numbers():
     grads = torch.autograd.grad(result, inputs)
     for grad, reference in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(grad, reference, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("num_radial", [3, 4, 8])
+def test_bernstein_basis_by_products_equals_the_powers(num_radial):
+    # the compiled training step's form of the basis, with its first and second
+    # derivatives (force training)
+    basis = BernsteinBasis(num_radial, 5.0).double()
+    # inside (0, r_c): the second derivative of the powers is NaN at the ends
+    r = torch.linspace(0.1, 4.9, 23, dtype=torch.float64, requires_grad=True)
+    expected, result = basis(r), basis.by_products(r)
+    torch.testing.assert_close(result, expected, rtol=1e-12, atol=1e-14)
+    weights = torch.randn_like(expected)
+    (first,) = torch.autograd.grad((expected * weights).sum(), r, create_graph=True)
+    (first_products,) = torch.autograd.grad((result * weights).sum(), r, create_graph=True)
+    torch.testing.assert_close(first_products, first, rtol=1e-10, atol=1e-12)
+    (second,) = torch.autograd.grad(first.square().sum(), r)
+    (second_products,) = torch.autograd.grad(first_products.square().sum(), r)
+    torch.testing.assert_close(second_products, second, rtol=1e-10, atol=1e-10)
