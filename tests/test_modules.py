@@ -268,6 +268,8 @@ def test_static_forms_equal_the_eager_forms(degrees, features):
 
     tp = TensorProduct(*degrees, features, rank_one=True).double()
     linear = EquivariantLinear(degrees[0], 3, features).double()
+    # more than 8 input channels: one matrix product per degree
+    wide = EquivariantLinear(degrees[0], 12, features).double()
     with torch.no_grad():
         tp.weight.normal_()
     x = torch.randn(5, (degrees[0] + 1) ** 2, features, dtype=torch.float64)
@@ -283,6 +285,7 @@ def test_static_forms_equal_the_eager_forms(degrees, features):
             (scale, y),
         ),
         (linear, linear.per_degree, (h,)),
+        (wide, wide.per_degree, (torch.randn(5, h.shape[1], 12, dtype=torch.float64),)),
         (
             lambda a: degree_sums(a, degree_index(degrees[0]), degrees[0]),
             lambda a: static_degree_sums(a, degrees[0]),
