@@ -259,3 +259,110 @@ def test_species_pair_shortcuts_equal_the_per_pair_radial_coefficients():
     expected = torch.zeros(7, 5, dtype=torch.float64).index_add(0, centers, per_pair)
     summed = _sum_by_species(matrices, species_index, centers, neighbors, radial, 3)
     torch.testing.assert_close(summed, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("degrees,features", [((2, 2, 2), 4), ((1, 3, 2), 3), ((3, 1, 1), 2)])
+def test_static_forms_equal_the_eager_forms(degrees, features):
+    # what the compiled training step runs (static slices instead of index tensors)
+    from lorem_mta.modules.spherical import degree_sums, static_degree_sums
+
+    tp = TensorProduct(*degrees, features, rank_one=True).double()
+    linear = EquivariantLinear(degrees[0], 3, features).double()
+    # more than 8 input channels: one matrix product per degree
+    wide = EquivariantLinear(degrees[0], 12, features).double()
+    with torch.no_grad():
+        tp.weight.normal_()
+    x = torch.randn(5, (degrees[0] + 1) ** 2, features, dtype=torch.float64)
+    y = torch.randn(5, (degrees[1] + 1) ** 2, features, dtype=torch.float64)
+    v = torch.randn(5, (degrees[0] + 1) ** 2, dtype=torch.float64)
+    scale = torch.randn(degrees[0] + 1, features, dtype=torch.float64)
+    h = torch.randn(5, (degrees[0] + 1) ** 2, 3, dtype=torch.float64)
+    pairs = [
+        (lambda a, b: tp(a, b), lambda a, b: tp.static_forward(a, b), (x, y)),
+        (
+            lambda a, b: tp.rank_one(v, a, b),
+            lambda a, b: tp.static_rank_one(v, a, b),
+            (scale, y),
+        ),
+        (linear, linear.per_degree, (h,)),
+        (wide, wide.per_degree, (torch.randn(5, h.shape[1], 12, dtype=torch.float64),)),
+        (
+            lambda a: degree_sums(a, degree_index(degrees[0]), degrees[0]),
+            lambda a: static_degree_sums(a, degrees[0]),
+            (x,),
+        ),
+    ]
+    for eager, static, inputs in pairs:
+        inputs = [t.clone().requires_grad_() for t in inputs]
+        expected, result = eager(*inputs), static(*inputs)
+        torch.testing.assert_close(result, expected, rtol=1e-12, atol=1e-12)
+        weights = torch.randn_like(expected)
+        expected_grads = torch.autograd.grad((expected * weights).sum(), inputs)
+        grads = torch.autograd.grad((result * weights).sum(), inputs)
+        for grad, reference in zip(grads, expected_grads, strict=True):
+            torch.testing.assert_close(grad, reference, rtol=1e-12, atol=1e-12)
+    # a path set that reaches no l = 1 output: zeros there
+    subset = TensorProduct(2, 2, 2, 3, paths=[(1, 1, 0), (2, 2, 2)]).double()
+    with torch.no_grad():
+        subset.weight.normal_()
+    x, y = torch.randn(4, 9, 3, dtype=torch.float64), torch.randn(4, 9, 3, dtype=torch.float64)
+    torch.testing.assert_close(subset.static_forward(x, y), subset(x, y), rtol=0, atol=1e-12)
+    assert subset.static_forward(x, y)[:, 1:4].abs().max() == 0
+
+
+def test_compiled_branches_give_the_eager_numbers():
+    # torch.compile takes the static branches (torch.compiler.is_compiling()); the
+    # eager backend runs them without a C++ compiler
+    from lorem_mta.modules.message_passing import _SphericalCoefficients, neighbor_table
+    from lorem_mta.modules.spherical import norm_features
+
+    torch.manual_seed(4)
+    tp = TensorProduct(2, 2, 2, 4, rank_one=True).double()
+    single = TensorProduct(2, 2, 2, 1).double()
+    linear = EquivariantLinear(2, 4, 4).double()
+    coefficients = _SphericalCoefficients(2, 6, 4).double()
+    with torch.no_grad():
+        tp.weight.normal_()
+        single.weight.normal_()
+    centers = torch.randint(0, 6, (30,), generator=torch.Generator().manual_seed(5))
+    table = neighbor_table(centers, 7)
+    degrees, factors = degree_index(2), torch.ones(3, dtype=torch.float64)
+
+    def model(x, edges, harmonics):
+        density = coefficients.density_from_coefficients(
+            coefficients.dense(edges), table, harmonics, table
+        )
+        y = tp(linear(x), density)
+        z = tp.rank_one(x[:, :, 0], linear.weight[:, 0, :], y)
+        s = single(z[:, :, :1], y[:, :, 1:2])
+        return norm_features(z, degrees, factors, 2, 0.1).sum() + s.square().sum()
+
+    x = torch.randn(7, 9, 4, dtype=torch.float64, requires_grad=True)
+    edges = torch.randn(30, 6, dtype=torch.float64, requires_grad=True)
+    harmonics = torch.randn(30, 9, dtype=torch.float64, requires_grad=True)
+    inputs = (x, edges, harmonics)
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    expected, result = model(*inputs), compiled(*inputs)
+    torch.testing.assert_close(result, expected, rtol=1e-12, atol=1e-12)
+    expected_grads = torch.autograd.grad(expected, inputs)
+    grads = torch.autograd.grad(result, inputs)
+    for grad, reference in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, reference, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("num_radial", [3, 4, 8])
+def test_bernstein_basis_by_products_equals_the_powers(num_radial):
+    # the compiled training step's form of the basis, with its first and second
+    # derivatives (force training)
+    basis = BernsteinBasis(num_radial, 5.0).double()
+    # inside (0, r_c): the second derivative of the powers is NaN at the ends
+    r = torch.linspace(0.1, 4.9, 23, dtype=torch.float64, requires_grad=True)
+    expected, result = basis(r), basis.by_products(r)
+    torch.testing.assert_close(result, expected, rtol=1e-12, atol=1e-14)
+    weights = torch.randn_like(expected)
+    (first,) = torch.autograd.grad((expected * weights).sum(), r, create_graph=True)
+    (first_products,) = torch.autograd.grad((result * weights).sum(), r, create_graph=True)
+    torch.testing.assert_close(first_products, first, rtol=1e-10, atol=1e-12)
+    (second,) = torch.autograd.grad(first.square().sum(), r)
+    (second_products,) = torch.autograd.grad(first_products.square().sum(), r)
+    torch.testing.assert_close(second_products, second, rtol=1e-10, atol=1e-10)

@@ -209,6 +209,16 @@ class _SphericalCoefficients(torch.nn.Module):
         coefficients = coefficients.reshape(-1, self.max_degree + 1, self.num_spherical)
         per_degree = _gather_padded(coefficients, coefficient_table).unbind(2)  # [n, w, s]
         blocks = torch.split(_gather_padded(harmonics, table), self.sizes, dim=2)
+        if torch.compiler.is_compiling():
+            # broadcast products summed over the neighbours: the compiler fuses them,
+            # where a batched product over the atoms is one tiny product per atom
+            return torch.cat(
+                [
+                    (blocks[l].unsqueeze(-1) * per_degree[l].unsqueeze(2)).sum(dim=1)
+                    for l in range(len(blocks))
+                ],
+                dim=1,
+            )
         return torch.cat(
             [torch.bmm(blocks[l].transpose(1, 2), per_degree[l]) for l in range(len(blocks))],
             dim=1,

@@ -59,6 +59,7 @@ class BernsteinBasis(torch.nn.Module):
         self.register_buffer("exponents", k)
         self.register_buffer("binomials", torch.tensor(binomials, dtype=torch.float64))
         self.degree = degree
+        self.binomial_values: List[float] = binomials
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
         """Evaluate the basis.
@@ -66,9 +67,35 @@ class BernsteinBasis(torch.nn.Module):
         :param r: distances, tensor of shape ``(n_pairs,)``
         :return: tensor of shape ``(n_pairs, num_radial)``
         """
+        if torch.compiler.is_compiling():
+            return self.by_products(r)
         x = (r / self.cutoff).unsqueeze(-1)
         k = self.exponents.to(r.dtype)
         return self.binomials.to(r.dtype) * x**k * (1.0 - x) ** (self.degree - k)
+
+    def by_products(self, r: torch.Tensor) -> torch.Tensor:
+        """:py:meth:`forward` with the powers as repeated products (what a compiled graph uses).
+
+        The powers with a tensor of exponents, and their first and second derivatives in
+        force training, are ``pow`` calls per element in a compiled graph; products of
+        ``x`` and ``1 - x`` fuse into plain multiplications. The same numbers up to
+        round-off.
+
+        :param r: distances, tensor of shape ``(n_pairs,)``
+        :return: tensor of shape ``(n_pairs, num_radial)``
+        """
+        x = r / self.cutoff
+        rest = 1.0 - x
+        x_powers: List[torch.Tensor] = [torch.ones_like(x)]
+        rest_powers: List[torch.Tensor] = [torch.ones_like(x)]
+        for _ in range(self.degree):
+            x_powers.append(x_powers[-1] * x)
+            rest_powers.append(rest_powers[-1] * rest)
+        columns = [
+            self.binomial_values[k] * x_powers[k] * rest_powers[self.degree - k]
+            for k in range(self.degree + 1)
+        ]
+        return torch.stack(columns, dim=-1)
 
 
 class ChemicalEmbedding(torch.nn.Module):

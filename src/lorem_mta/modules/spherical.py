@@ -180,6 +180,37 @@ class SphericalHarmonics(torch.nn.Module):
         return torch.stack(columns, dim=-1)
 
 
+def degree_sums(x: torch.Tensor, degrees: torch.Tensor, max_degree: int) -> torch.Tensor:
+    """Sum over the components ``m`` of every degree.
+
+    In eager mode one ``index_add``; inside ``torch.compile``, one static slice and sum
+    per degree (:py:func:`static_degree_sums`), which the compiler fuses with direct
+    loads instead of a scatter through ``degrees``.
+
+    :param x: tensor of shape ``(n, (L + 1)^2, n_features)``
+    :param degrees: degree of every component (:py:func:`degree_index`), shape
+        ``((L + 1)^2,)``
+    :param max_degree: largest degree ``L`` contained in ``x``
+    :return: tensor of shape ``(n, L + 1, n_features)``
+    """
+    if torch.compiler.is_compiling():
+        return static_degree_sums(x, max_degree)
+    return torch.zeros(
+        (x.shape[0], max_degree + 1, x.shape[2]), dtype=x.dtype, device=x.device
+    ).index_add(1, degrees, x)
+
+
+def static_degree_sums(x: torch.Tensor, max_degree: int) -> torch.Tensor:
+    """:py:func:`degree_sums` by static slices (same numbers up to round-off).
+
+    :param x: tensor of shape ``(n, (L + 1)^2, n_features)``
+    :param max_degree: largest degree ``L`` contained in ``x``
+    :return: tensor of shape ``(n, L + 1, n_features)``
+    """
+    blocks = torch.split(x, [2 * l + 1 for l in range(max_degree + 1)], dim=1)
+    return torch.cat([block.sum(dim=1, keepdim=True) for block in blocks], dim=1)
+
+
 def spherical_norm(x: torch.Tensor, degrees: torch.Tensor, max_degree: int) -> torch.Tensor:
     """Per-degree Euclidean norm with a zero gradient at zero and finite second derivative.
 
@@ -189,9 +220,7 @@ def spherical_norm(x: torch.Tensor, degrees: torch.Tensor, max_degree: int) -> t
     :param max_degree: largest degree ``L`` contained in ``x``
     :return: tensor of shape ``(n_atoms, L + 1, n_features)``
     """
-    squared = torch.zeros(
-        (x.shape[0], max_degree + 1, x.shape[2]), dtype=x.dtype, device=x.device
-    ).index_add(1, degrees, x * x)
+    squared = degree_sums(x * x, degrees, max_degree)
     nonzero = squared > 0
     # the inner `where` keeps sqrt away from 0, so no NaN appears in the backward pass
     safe = torch.where(nonzero, squared, torch.ones_like(squared))
@@ -213,9 +242,7 @@ def smooth_spherical_norm(
     :param smoothing: ``epsilon > 0``
     :return: tensor of shape ``(n_atoms, L + 1, n_features)``
     """
-    squared = torch.zeros(
-        (x.shape[0], max_degree + 1, x.shape[2]), dtype=x.dtype, device=x.device
-    ).index_add(1, degrees, x * x)
+    squared = degree_sums(x * x, degrees, max_degree)
     scale = smoothing * smoothing * squared.sum(dim=1, keepdim=True)
     # sqrt(s + c) - sqrt(c) = s / (sqrt(s + c) + sqrt(c)): no cancellation for s << c
     denominator = _safe_sqrt(squared + scale) + _safe_sqrt(scale)

@@ -109,6 +109,7 @@ class EquivariantLinear(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.empty(max_degree + 1, in_features, out_features))
         lecun_normal_(self.weight, in_features)
         self.register_buffer("degrees", degree_index(max_degree), persistent=False)
+        self.sizes: List[int] = [2 * l + 1 for l in range(max_degree + 1)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the per-degree maps.
@@ -116,7 +117,39 @@ class EquivariantLinear(torch.nn.Module):
         :param x: tensor of shape ``(n, (L + 1)^2, in_features)``
         :return: tensor of shape ``(n, (L + 1)^2, out_features)``
         """
+        if torch.compiler.is_compiling():
+            return self.per_degree(x)
         return torch.einsum("nmi,mio->nmo", x, self.weight[self.degrees])
+
+    def per_degree(self, x: torch.Tensor) -> torch.Tensor:
+        """:py:meth:`forward` as one matrix product per degree (what a compiled graph uses).
+
+        No gather of the weight by an index tensor and no batched product over the
+        ``(L + 1)^2`` components: inside ``torch.compile`` both become loops with
+        indirect loads and small extern calls, while the products of the degrees run
+        over all the atoms at once. The same numbers as :py:meth:`forward` up to
+        round-off; in eager mode, the single ``einsum`` dispatches fewer operators.
+
+        :param x: tensor of shape ``(n, (L + 1)^2, in_features)``
+        :return: tensor of shape ``(n, (L + 1)^2, out_features)``
+        """
+        n, n_in, n_out = x.shape[0], x.shape[2], self.weight.shape[2]
+        if n_in <= 8:
+            # a few input channels: a broadcast product and a sum, fused by the
+            # compiler (no matrix product call, in the force pass and its backward)
+            weight = torch.cat(
+                [self.weight[l].expand(size, n_in, n_out) for l, size in enumerate(self.sizes)]
+            )
+            return (x.unsqueeze(-1) * weight).sum(dim=2)
+        blocks = torch.split(x, self.sizes, dim=1)
+        # (n (2l + 1), in) @ (in, out): a plain matrix product per degree
+        return torch.cat(
+            [
+                (blocks[l].reshape(-1, n_in) @ self.weight[l]).view(n, self.sizes[l], n_out)
+                for l in range(len(blocks))
+            ],
+            dim=1,
+        )
 
 
 class TensorProduct(torch.nn.Module):
@@ -320,6 +353,8 @@ class TensorProduct(torch.nn.Module):
         """
         if self.single_channel:
             return self._single_channel(x, y)
+        if torch.compiler.is_compiling():
+            return self.static_forward(x, y)
         n, n_features = x.shape[0], self.weight.shape[-1]
         # split (not slice) the inputs per degree and accumulate the outputs per degree:
         # the backward of a split is one concatenation, while every slice of a large
@@ -339,6 +374,40 @@ class TensorProduct(torch.nn.Module):
         output = torch.zeros((n, n_features, self.n_out), dtype=x.dtype, device=x.device)
         return output.index_add(2, self.pair_output, terms).transpose(1, 2)
 
+    def static_forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """:py:meth:`forward` with every path weighted and added by static slicing.
+
+        What a compiled graph uses: the path weights are taken by constant indices and
+        the columns added to their output degree block by block, so that
+        ``torch.compile`` fuses the weighting and the sums into direct loads instead of a
+        gather and a scatter through index tensors (loops with indirect loads and
+        atomic adds, in the force pass and again in its backward). Same numbers as
+        :py:meth:`forward` up to round-off; in eager mode, :py:meth:`forward`
+        dispatches fewer operators.
+
+        :param x: tensor of shape ``(n, (L1 + 1)^2, F)``
+        :param y: tensor of shape ``(n, (L2 + 1)^2, F)``
+        :return: tensor of shape ``(n, (L_out + 1)^2, F)``
+        """
+        n, n_features = x.shape[0], self.weight.shape[-1]
+        xs = torch.split(x.transpose(1, 2), self.sizes_1, dim=2)  # [n, F, 2 l1 + 1]
+        ys = torch.split(y.transpose(1, 2), self.sizes_2, dim=2)
+        cg = self.cg.to(x.dtype)
+        terms: List[List[torch.Tensor]] = [[] for _ in self.sizes_out]
+        for l1, l2, offset, width, first, count in self.pairs:
+            size_1, size_2 = self.sizes_1[l1], self.sizes_2[l2]
+            outer = xs[l1].unsqueeze(-1) * ys[l2].unsqueeze(-2)  # [n, F, size_1, size_2]
+            block = cg[offset : offset + size_1 * size_2 * width].view(size_1 * size_2, width)
+            # a broadcast product and a sum over the (2 l1 + 1)(2 l2 + 1) products,
+            # fused by the compiler (no small matrix product per input pair)
+            outer = outer.reshape(n, n_features, size_1 * size_2, 1)
+            coupled = (outer * block).sum(dim=2)  # [n, F, width]
+            outputs = self.pair_outputs[first : first + count]
+            columns = torch.split(coupled, [self.sizes_out[l3] for l3 in outputs], dim=2)
+            for k, l3 in enumerate(outputs):
+                terms[l3].append(columns[k] * self.weight[l1, l2, l3].unsqueeze(-1))
+        return _sum_blocks(terms, n, n_features, x).transpose(1, 2)
+
     def rank_one(self, v: torch.Tensor, scale: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The product for a first input that is the same in every channel up to a scale.
 
@@ -355,6 +424,8 @@ class TensorProduct(torch.nn.Module):
         :return: tensor of shape ``(n, (L_out + 1)^2, F)``, equal to
             ``forward(v[:, :, None] * scale[degrees], y)``
         """
+        if torch.compiler.is_compiling():
+            return self.static_rank_one(v, scale, y)
         n, n_features = y.shape[0], self.weight.shape[-1]
         n_1 = v.shape[1]
         ys = torch.split(y.transpose(1, 2), self.sizes_2, dim=2)  # [n, F, 2 l2 + 1]
@@ -372,6 +443,35 @@ class TensorProduct(torch.nn.Module):
         output = torch.zeros((n, n_features, self.n_out), dtype=y.dtype, device=y.device)
         return output.index_add(2, self.group_output, terms).transpose(1, 2)
 
+    def static_rank_one(
+        self, v: torch.Tensor, scale: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
+        """:py:meth:`rank_one` with static weighting and sums (see :py:meth:`static_forward`).
+
+        :param v: tensor of shape ``(n, (L1 + 1)^2)``
+        :param scale: tensor of shape ``(L1 + 1, F)``
+        :param y: tensor of shape ``(n, (L2 + 1)^2, F)``
+        :return: tensor of shape ``(n, (L_out + 1)^2, F)``
+        """
+        n, n_features = y.shape[0], self.weight.shape[-1]
+        n_1 = v.shape[1]
+        ys = torch.split(y.transpose(1, 2), self.sizes_2, dim=2)  # [n, F, 2 l2 + 1]
+        cg = self.rank_one_cg.to(y.dtype)
+        terms: List[List[torch.Tensor]] = [[] for _ in self.sizes_out]
+        for l2, offset, width, first, count in self.groups:
+            size_2 = self.sizes_2[l2]
+            block = cg[offset : offset + n_1 * size_2 * width].view(n_1, size_2 * width)
+            contracted = (v @ block).view(n, size_2, width)
+            # a broadcast product and a sum over 2 l2 + 1 terms: fused by the compiler,
+            # where a batched product over the atoms is one tiny product per atom
+            coupled = (ys[l2].unsqueeze(-1) * contracted.unsqueeze(1)).sum(dim=2)
+            paths = self.group_paths[first : first + count]
+            columns = torch.split(coupled, [self.sizes_out[l3] for _, l3 in paths], dim=2)
+            for k, (l1, l3) in enumerate(paths):
+                weight = self.weight[l1, l2, l3] * scale[l1]
+                terms[l3].append(columns[k] * weight.unsqueeze(-1))
+        return _sum_blocks(terms, n, n_features, y).transpose(1, 2)
+
     def _single_channel(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The product for ``F = 1`` with one weighted coefficient matrix.
 
@@ -384,7 +484,36 @@ class TensorProduct(torch.nn.Module):
         coupling = torch.zeros(n_1 * n_2 * self.n_out, dtype=x.dtype, device=x.device)
         coupling = coupling.index_add(0, self.sparse_index, weights)
         partial = (x[:, :, 0] @ coupling.view(n_1, n_2 * self.n_out)).view(n, n_2, self.n_out)
+        if torch.compiler.is_compiling():
+            # broadcast product and sum, fused by the compiler (see static_rank_one)
+            return (y * partial).sum(dim=1).unsqueeze(-1)
         return torch.bmm(y.transpose(1, 2), partial).transpose(1, 2)
+
+
+def _sum_blocks(
+    terms: List[List[torch.Tensor]], n: int, n_features: int, like: torch.Tensor
+) -> torch.Tensor:
+    """The output degree blocks side by side, each the sum of its terms.
+
+    :param terms: for every output degree ``l``, tensors of shape ``(n, F, 2 l + 1)``
+        (none for a degree that no path reaches: zeros)
+    :param n: rows
+    :param n_features: channels ``F``
+    :param like: dtype and device of the zeros
+    :return: tensor of shape ``(n, F, (L_out + 1)^2)``
+    """
+    blocks: List[torch.Tensor] = []
+    for l, degree_terms in enumerate(terms):
+        if len(degree_terms) == 0:
+            blocks.append(
+                torch.zeros((n, n_features, 2 * l + 1), dtype=like.dtype, device=like.device)
+            )
+            continue
+        block = degree_terms[0]
+        for term in degree_terms[1:]:
+            block = block + term
+        blocks.append(block)
+    return torch.cat(blocks, dim=2)
 
 
 class TensorDense(torch.nn.Module):
