@@ -172,7 +172,7 @@ def test_function_traces_as_one_graph():
     compare(model, batch(model, frames[4:]), compiled)  # another batch size
 
 
-def test_too_many_compiled_variants_fall_back_to_eager(monkeypatch, caplog):
+def test_too_many_compiled_variants_fall_back_to_eager(caplog):
     """Past torch's recompile limit (here 1: a batch with another number of structures
     needs a second graph) the batch is left to eager mode, logged once, instead of
     stopping the training with dynamo's error."""
@@ -182,12 +182,15 @@ def test_too_many_compiled_variants_fall_back_to_eager(monkeypatch, caplog):
     compiled = CompiledEnergyForces(model, backend="aot_eager")
     targets = {model.target_name: info.targets[model.target_name]}
     torch._dynamo.reset()
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
-    assert compiled(batch(model, frames[:2]), targets) is not None
-    with caplog.at_level(logging.INFO):
-        assert compiled(batch(model, frames[2:5]), targets) is None
-        assert compiled(batch(model, frames[2:5]), targets) is None
+    limit = torch._dynamo.config.recompile_limit
+    # torch's own patch: monkeypatch's undo deletes the option from dynamo's config
+    with torch._dynamo.config.patch(recompile_limit=1):
+        assert compiled(batch(model, frames[:2]), targets) is not None
+        with caplog.at_level(logging.INFO):
+            assert compiled(batch(model, frames[2:5]), targets) is None
+            assert compiled(batch(model, frames[2:5]), targets) is None
     assert caplog.text.count("more compiled variants than torch allows") == 1
+    assert torch._dynamo.config.recompile_limit == limit
     torch._dynamo.reset()
 
 
