@@ -157,13 +157,7 @@ class EpochRunner:
             batch
         """
         optimizer.zero_grad()
-        evaluated = self.evaluate_flat(batch, is_training=True)
-        if evaluated is not None:
-            loss = evaluated.loss
-        else:
-            evaluated = self.evaluate(batch, is_training=True)
-            _, predictions, targets, extra_data = evaluated
-            loss = self.loss_fn(predictions, targets, extra_data)
+        loss, evaluated = self.loss_of(batch, is_training=True)
         if self.placement.is_distributed:
             # every parameter must take part in the graph for DDP
             for parameter in self.model.parameters():
@@ -191,18 +185,29 @@ class EpochRunner:
         # gradients stay on when forces or stresses are evaluated
         with torch.set_grad_enabled(any(info.gradients for info in self.targets.values())):
             for batch in dataloader:
-                evaluated = self.evaluate_flat(batch, is_training=False)
-                if evaluated is not None:
-                    loss = evaluated.loss
-                else:
-                    evaluated = self.evaluate(batch, is_training=False)
-                    _, predictions, targets, extra_data = evaluated
-                    loss = self.loss_fn(predictions, targets, extra_data)
+                loss, evaluated = self.loss_of(batch, is_training=False)
                 if self.placement.is_distributed:
                     torch.distributed.all_reduce(loss)
                 total += loss.item()
                 self.accumulate(accumulators, evaluated)
         return accumulators, total
+
+    def loss_of(self, batch: Any, is_training: bool) -> Tuple[torch.Tensor, Batch]:
+        """The loss of a batch and the batch as evaluated for it.
+
+        On plain tensors (:py:meth:`evaluate_flat`) when it can, otherwise with
+        metatrain's loss on the tensor maps of :py:meth:`evaluate`.
+
+        :param batch: the batch, as the data loader gives it
+        :param is_training: a training batch (gradients kept for the loss)
+        :return: the loss of this process and the evaluated batch
+        """
+        flat = self.evaluate_flat(batch, is_training)
+        if flat is not None:
+            return flat.loss, flat
+        evaluated = self.evaluate(batch, is_training)
+        _, predictions, targets, extra_data = evaluated
+        return self.loss_fn(predictions, targets, extra_data), evaluated
 
     def evaluate_flat(self, batch: Any, is_training: bool) -> Optional[FlatEvaluation]:
         """A batch through the compiled function and :py:mod:`.flat_loss`, if it can.
